@@ -1,0 +1,52 @@
+"""Choose the task runner at the entry point from a YAML cluster spec (never inside a flow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+REPO_DEFAULT = Path(__file__).resolve().parent.parent / "deploy" / "dask" / "local.yaml"
+FALLBACK_SPEC = {
+    "cluster_class": "distributed.LocalCluster",
+    "cluster_kwargs": {"n_workers": 2, "threads_per_worker": 1, "processes": True,
+                       "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"},
+}
+
+
+def load_cluster_spec(cluster: str | None) -> dict:
+    """The spec as a dict: from a YAML file, a scheduler address, or the default."""
+    if cluster is None:
+        if REPO_DEFAULT.exists():
+            return yaml.safe_load(REPO_DEFAULT.read_text())
+        return dict(FALLBACK_SPEC)
+    if cluster.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
+        return {"address": cluster}
+    if cluster == "threads":
+        return {"threads": True}
+    p = Path(cluster)
+    if not p.exists():
+        raise FileNotFoundError(f"cluster spec {cluster!r}: no such file (give a YAML spec, "
+                                "a scheduler address tcp://host:port, or 'threads')")
+    spec = yaml.safe_load(p.read_text()) or {}
+    unknown = set(spec) - {"cluster_class", "cluster_kwargs", "adapt_kwargs", "client_kwargs", "address", "threads"}
+    if unknown:
+        raise ValueError(f"cluster spec {p}: unknown keys {sorted(unknown)}")
+    return spec
+
+
+def make_task_runner(cluster: str | None = None, workers: int | None = None):
+    """A DaskTaskRunner (or Prefect's ThreadPoolTaskRunner for ``threads``)."""
+    spec = load_cluster_spec(cluster)
+    if spec.get("threads"):
+        from prefect.task_runners import ThreadPoolTaskRunner
+        return ThreadPoolTaskRunner(max_workers=workers or 2)
+    from prefect_dask import DaskTaskRunner
+    if "address" in spec:
+        return DaskTaskRunner(address=spec["address"])
+    kwargs = dict(spec.get("cluster_kwargs") or {})
+    if workers is not None:
+        kwargs["n_workers"] = workers
+    return DaskTaskRunner(cluster_class=spec.get("cluster_class", "distributed.LocalCluster"),
+                          cluster_kwargs=kwargs, adapt_kwargs=spec.get("adapt_kwargs"),
+                          client_kwargs=spec.get("client_kwargs"))

@@ -1,0 +1,87 @@
+"""Flow: validate a model on a night training never saw, against TNS-matched reals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from prefect import flow, get_run_logger, task
+
+from flows.common import png_markdown, publish_markdown, publish_table
+from flows.options import ValidateOptions
+from models.scoring import score_dataset
+from storage.stampstore import open_dataset
+from storage.tns import read_tns
+from tasks.report import write_report
+from tasks.validation import ValidationOptions, metrics_json, validate
+
+
+def efficiency_table(model_dir: str, dataset_dir: str) -> pd.DataFrame:
+    """One row per injected source of an injected night: mag, host offset, detected, score."""
+    view = open_dataset(Path(dataset_dir))
+    inj = pd.read_parquet(view.version_dir / "injections.parquet")
+    det = view.table()
+    det["score"] = score_dataset(model_dir, dataset_dir)
+    det = det[det["injection_id"].notna()].sort_values("score", ascending=False).drop_duplicates("injection_id")
+    out = inj.merge(det[["injection_id", "score"]], on="injection_id", how="left")
+    out["detected"] = out["score"].notna()
+    if "host_offset" not in out and "host_offset_arcsec" in out:
+        out["host_offset"] = out["host_offset_arcsec"]
+    return out
+
+
+def run_validation(options: ValidateOptions) -> dict:
+    """Score, crossmatch, compute metrics and write the validation directory; returns metrics.json."""
+    view = open_dataset(options.dataset)
+    table = view.table()
+    scores = score_dataset(options.model, options.dataset)
+    tns = read_tns(options.tns)
+    fixed = None
+    if options.operating_point:
+        fixed = float(json.loads(Path(options.operating_point).read_text())["threshold"])
+    vopts = ValidationOptions(radius_arcsec=options.radius_arcsec,
+                              window_days=(-options.window_before_days, options.window_after_days),
+                              n_boot=options.n_boot, seed=options.seed,
+                              threshold_rule="fixed" if fixed is not None else "max_precision_at_min_tpr",
+                              fixed_threshold=fixed)
+    inj = efficiency_table(str(options.model), str(options.efficiency)) if options.efficiency else None
+    result = validate(table, scores, tns.objects, vopts, injections=inj)
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    extra = {"Inputs": (f"- model: `{options.model}`\n- dataset: `{options.dataset}` "
+                        f"(content hash {view.meta.get('content_hash', '')[:12]}, {len(table)} detections)\n"
+                        f"- TNS: `{options.tns}` ({len(tns)} objects, {len(tns.rejected)} malformed rows skipped)")}
+    paths = write_report(result, out, title=f"Validation of {Path(options.model).name} on {Path(options.dataset).name}",
+                         extra_sections=extra)
+    pd.DataFrame({"stamp_id": table["stamp_id"], "score": scores}).to_parquet(out / "scores.parquet", index=False)
+    return {"metrics": metrics_json(result), "paths": [str(p) for p in paths]}
+
+
+validate_task = task(run_validation, name="validate-model")
+
+
+@flow(name="validate", log_prints=True)
+def validate_model(options: ValidateOptions) -> dict:
+    """Validation against TNS-matched reals: AUC, FPR at TPR 0.9, curves, operating threshold, report."""
+    res = validate_task(options)
+    m = res["metrics"]
+    get_run_logger().info("AUC %s (n_real %s, n_bogus %s), FPR@TPR0.9 %s, threshold %s", m.get("auc"),
+                          m.get("n_real"), m.get("n_bogus"), m.get("fpr_at_tpr90"), m.get("threshold"))
+    publish_table("validation-metrics", [{"metric": k, "value": json.dumps(v)} for k, v in m.items()
+                                         if not isinstance(v, dict)], "validation metrics")
+    report = Path(options.out) / "report.md"
+    md = report.read_text() if report.exists() else ""
+    for p in res["paths"]:
+        if p.endswith(".png"):
+            md += "\n" + png_markdown(Path(p))
+    publish_markdown("validation-report", md, "validation report with its figures")
+    return m
+
+
+def run_validate(options: ValidateOptions) -> dict:
+    m = validate_model(options)
+    print(f"validation: AUC {m.get('auc')} (n_real {m.get('n_real')}, n_bogus {m.get('n_bogus')}), "
+          f"FPR@TPR0.9 {m.get('fpr_at_tpr90')}, threshold {m.get('threshold')} -> {options.out}")
+    return m

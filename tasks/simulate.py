@@ -1,0 +1,725 @@
+"""Seeded simulation of a transient survey: static sky, deep reference, nightly visits.
+
+Pure functions: arrays, headers and tables in, frozen results out; no file I/O (see
+``storage/survey.py`` for writing). Model (details in ``docs/simulation.md``):
+
+- A night visits each of ``n_fields`` fields ``n_visits`` times; each visit of a field is
+  one exposure of ``n_sensors`` sensors of ``ny x nx`` px.
+- The static sky of (field, sensor) -- stars drawn from a power-law number count,
+  Sersic galaxies, the reference image and its misregistration -- depends only on
+  ``(seed, field, sensor)``; events, artifacts, noise, seeing and pointing derive from
+  ``(seed, night, field, sensor)`` (pointing from ``(seed, night, field, visit)``).
+- Point sources are a Moffat PSF (pixel-integrated, drawn with galsim through an
+  oversampled ``InterpolatedImage``); galaxies are galsim Sersic profiles convolved with
+  the same Moffat. Noise: Poisson on sky + sources (through the gain) and Gaussian read
+  noise; values are clipped at ``saturation``. Images are float32 ADU.
+- The reference is the mean of ``ref_n_stack`` exposures (same ADU scale and zero point,
+  gain ``gain * ref_n_stack``, read noise ``read_noise * sqrt(ref_n_stack)``) at
+  ``ref_seeing``. Its header WCS is the nominal sensor WCS, while its pixels are drawn at
+  an offset of ``misregistration_px`` (the residual a star-based refinement must fix).
+- New images carry a per-visit pointing jitter that their WCS describes exactly.
+
+Pixel coordinates in every table are 0-based (x = column, y = row) in the image named
+by the row (the exposure's new image; the catalogue uses the ref's header WCS).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from dataclasses import dataclass
+
+import galsim
+import numpy as np
+import pandas as pd
+from astropy.coordinates import Angle
+from astropy.io import fits
+from astropy.time import Time
+from astropy.wcs import WCS
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "SurveyConfig",
+    "PRESETS",
+    "get_preset",
+    "VisitImage",
+    "FieldSensorSimulation",
+    "simulate_field_sensor",
+    "make_tns_list",
+    "exposure_id",
+    "sensor_id",
+    "parse_night",
+    "sensor_wcs",
+]
+
+EVENT_KINDS = ("supernova", "hostless", "nuclear", "variable", "asteroid")
+TNS_KINDS = ("supernova", "hostless", "nuclear")
+ARTIFACT_KINDS = ("cosmic_ray", "hot_pixel", "bad_column")
+REF_MJD = 57000.0  # epoch written into reference headers (the ref predates every night)
+
+_Range = tuple[float, float]
+
+
+class SurveyConfig(BaseModel):
+    """Every property of a simulated survey (a preset only names values)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field("custom", description="Name of the survey / preset, written to headers (TELESCOP).")
+    # structure
+    n_fields: int = Field(2, ge=1, le=999, description="Number of fields visited each night.")
+    n_sensors: int = Field(4, ge=1, le=100, description="Sensors per exposure; ids are '00'..'NN'.")
+    nx: int = Field(512, ge=64, description="Sensor width in pixels (columns).")
+    ny: int = Field(512, ge=64, description="Sensor height in pixels (rows).")
+    pixel_scale: float = Field(1.0, gt=0, description="Pixel scale in arcsec/px.")
+    n_visits: int = Field(2, ge=2, le=99, description="Visits of every field per night (>= 2).")
+    visit_interval_min: float = Field(60.0, gt=0, description="Minutes between successive visits of a field.")
+    field_time_s: float = Field(30.0, gt=0, description="Seconds between exposures of successive fields within a visit.")
+    exptime: float = Field(6.0, gt=0, description="Exposure time of one new image in seconds (EXPTIME).")
+    filter: str = Field("r", description="Filter name written to FILTER.")
+    # detector and sky
+    sky_level: float = Field(300.0, ge=0, description="Sky background in ADU/px per exposure.")
+    gain: float = Field(2.0, gt=0, description="Gain in e-/ADU of a new image.")
+    read_noise: float = Field(5.0, ge=0, description="Read noise in e- of a new image.")
+    saturation: float = Field(60000.0, gt=0, description="Saturation level in ADU; pixels are clipped there.")
+    zeropoint: float = Field(28.0, description="Magnitude of a source giving 1 ADU in total (MAGZP).")
+    # PSF
+    seeing_range: _Range = Field((1.6, 2.6), description="Range (arcsec FWHM) of the uniform seeing of new images.")
+    ref_seeing: float = Field(1.3, gt=0, description="Seeing of the reference (arcsec FWHM).")
+    ref_n_stack: int = Field(4, ge=1, description="Reference depth: it is the mean of this many exposures (lower noise).")
+    moffat_beta: float = Field(3.0, gt=1.5, description="Moffat beta of the PSF (all images).")
+    misregistration_px: float = Field(0.2, ge=0, le=2.0, description="Sigma (px, per axis) of the ref's true offset from its WCS-claimed position.")
+    pointing_jitter_px: float = Field(1.5, ge=0, description="Sigma (px, per axis) of each visit's pointing offset (described by its WCS).")
+    # static sky
+    sky_center: _Range = Field((150.0, 2.0), description="RA, Dec (deg) of the centre of field 0.")
+    star_density: float = Field(5000.0, ge=0, description="Stars per deg^2 brighter than star_mag_ref.")
+    star_mag_ref: float = Field(20.0, description="Reference magnitude for star_density.")
+    star_slope: float = Field(0.3, gt=0, description="Slope of log10 N(<m) per magnitude for stars.")
+    star_mag_range: _Range = Field((14.0, 22.5), description="Magnitude range of simulated stars.")
+    galaxy_density: float = Field(3000.0, ge=0, description="Galaxies per deg^2 within galaxy_mag_range.")
+    galaxy_slope: float = Field(0.4, gt=0, description="Slope of log10 N(<m) per magnitude for galaxies.")
+    galaxy_mag_range: _Range = Field((15.0, 22.0), description="Magnitude range of simulated galaxies.")
+    sersic_n: tuple[float, ...] = Field((0.5, 1.0, 1.5, 2.5, 4.0), description="Sersic indices drawn uniformly (discrete: galsim caches them).")
+    r_half_arcsec: _Range = Field((2.0, 0.4), description="Galaxy half-light radius: lognormal median (arcsec) and sigma of ln.")
+    ellipticity_max: float = Field(0.6, ge=0, lt=1, description="Reduced shear |g|=(a-b)/(a+b) of galaxies is uniform in [0, this].")
+    # events (Poisson means per sensor per night)
+    supernova_rate: float = Field(2.0, ge=0, description="Supernovae per sensor per night, in catalogue galaxies.")
+    hostless_rate: float = Field(1.0, ge=0, description="Hostless transients per sensor per night (uniform on the sensor).")
+    nuclear_rate: float = Field(0.0, ge=0, description="Nuclear transients (at a galaxy centre) per sensor per night.")
+    variable_rate: float = Field(1.0, ge=0, description="Variable stars (brightness change new vs ref) per sensor per night.")
+    asteroid_rate: float = Field(0.5, ge=0, description="Asteroids (moving between visits) per sensor per night.")
+    event_mag_range: _Range = Field((17.0, 21.5), description="Uniform magnitude range of transients and asteroids.")
+    variable_amp: float = Field(0.7, ge=0, description="Variables change by a magnitude uniform in [-amp, amp] (|dm| >= 0.2 amp).")
+    sn_offset_scale: float = Field(1.0, gt=0, description="SN host offsets follow the host's exponential profile times this factor.")
+    event_age_days: float = Field(30.0, gt=0, description="Transients started up to this many days before the night.")
+    asteroid_speed: _Range = Field((0.1, 1.0), description="Asteroid speed range in arcsec/min.")
+    # artifacts
+    cosmic_ray_rate: float = Field(3.0, ge=0, description="Cosmic rays per exposure per sensor.")
+    cosmic_ray_adu: _Range = Field((300.0, 5000.0), description="Peak ADU range of cosmic rays (above sky).")
+    hot_pixel_rate: float = Field(2.0, ge=0, description="Hot pixels per sensor per night (same pixel in every visit of the night).")
+    hot_pixel_adu: _Range = Field((500.0, 20000.0), description="ADU range of hot pixels (above sky).")
+    bad_column_rate: float = Field(0.2, ge=0, description="Bad column segments per sensor per night.")
+    bad_column_adu: _Range = Field((100.0, 1000.0), description="ADU offset range of bad columns.")
+    # reporting
+    tns_fraction: float = Field(0.6, ge=0, le=1, description="Fraction of bright transients reported to the TNS.")
+    tns_mag50: float = Field(19.5, description="Magnitude at which the reported fraction is half of tns_fraction.")
+    tns_mag_width: float = Field(0.5, gt=0, description="Width (mag) of the logistic fall of the reported fraction.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SurveyConfig":
+        for name in ("seeing_range", "star_mag_range", "galaxy_mag_range", "event_mag_range",
+                     "asteroid_speed", "cosmic_ray_adu", "hot_pixel_adu", "bad_column_adu"):
+            lo, hi = getattr(self, name)
+            if not (lo <= hi):
+                raise ValueError(f"{name}: lower bound {lo} exceeds upper bound {hi}")
+        if self.seeing_range[0] <= 0:
+            raise ValueError(f"seeing_range: seeing must be > 0 arcsec, got {self.seeing_range}")
+        if self.r_half_arcsec[0] <= 0 or self.r_half_arcsec[1] < 0:
+            raise ValueError(f"r_half_arcsec: need median > 0 and sigma >= 0, got {self.r_half_arcsec}")
+        if not self.sersic_n or min(self.sersic_n) < 0.3 or max(self.sersic_n) > 6.2:
+            raise ValueError(f"sersic_n: values must lie in [0.3, 6.2], got {self.sersic_n}")
+        if self.n_fields * self.field_time_s > self.visit_interval_min * 60:
+            raise ValueError("visit_interval_min: a visit of all fields (n_fields * field_time_s) must "
+                             "fit inside visit_interval_min so exposure ids sort in time order")
+        if not -90 < self.sky_center[1] < 90:
+            raise ValueError(f"sky_center: Dec must lie in (-90, 90), got {self.sky_center[1]}")
+        return self
+
+    @property
+    def sensor_area_deg2(self) -> float:
+        return self.nx * self.ny * (self.pixel_scale / 3600.0) ** 2
+
+
+PRESETS: dict[str, SurveyConfig] = {
+    # small and fast for tests / CI: 2 fields x 4 sensors x 2 visits of 512x512 px
+    "ci": SurveyConfig(name="ci"),
+    # Tomo-e Gozen: 84 CMOS sensors 2000x1128 px at 1.19"/px, no filter, limit ~18 mag
+    # (6 s stacks), Kiso seeing ~3-5". Zero point chosen so an 18 mag star has S/N ~ 5-10.
+    "tomoe": SurveyConfig(
+        name="tomoe", n_fields=2, n_sensors=84, nx=2000, ny=1128, pixel_scale=1.19, exptime=6.0,
+        filter="clear", sky_level=400.0, gain=1.2, read_noise=2.0, saturation=30000.0,
+        zeropoint=22.5, seeing_range=(3.0, 5.0), ref_seeing=2.4, ref_n_stack=8,
+        star_density=600.0, star_mag_ref=18.0, star_mag_range=(9.0, 19.5),
+        galaxy_density=150.0, galaxy_mag_range=(13.0, 18.5), r_half_arcsec=(4.0, 0.4),
+        event_mag_range=(13.5, 18.0), tns_mag50=17.0, asteroid_speed=(0.2, 2.0),
+    ),
+    # ZTF: 1.01"/px, seeing ~2", r ~20.5 limit; sensor reduced to 1024x1024 (a quadrant of
+    # a 3072x3080 CCD is 3072x3080/2; 1024^2 keeps tests fast) -- see docs/simulation.md.
+    "ztf": SurveyConfig(
+        name="ztf", n_fields=2, n_sensors=16, nx=1024, ny=1024, pixel_scale=1.01, exptime=30.0,
+        filter="r", sky_level=600.0, gain=6.2, read_noise=8.0, saturation=60000.0,
+        zeropoint=26.3, seeing_range=(1.6, 2.6), ref_seeing=1.6, ref_n_stack=15,
+        star_density=2500.0, star_mag_ref=20.5, star_mag_range=(13.0, 21.5),
+        galaxy_density=3000.0, galaxy_mag_range=(15.0, 21.0),
+        event_mag_range=(16.0, 20.5), tns_mag50=19.5,
+    ),
+    # validation-night placeholder: ci-sized sensors, more fields (tuned by the validation issue)
+    "val": SurveyConfig(name="val", n_fields=6),
+}
+
+
+def get_preset(name: str) -> SurveyConfig:
+    """Return the named preset; ``ValueError`` listing the known names otherwise."""
+    if name not in PRESETS:
+        raise ValueError(f"preset: unknown preset {name!r}; known: {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class VisitImage:
+    """One visit's new image of a sensor: ``new`` (ny, nx) float32 ADU and its header."""
+
+    new: np.ndarray
+    header: fits.Header
+    exposure: str
+    visit: int
+    mjd: float
+    seeing: float  # arcsec FWHM
+
+
+@dataclass(frozen=True)
+class FieldSensorSimulation:
+    """Everything simulated for one (night, field, sensor).
+
+    ``ref`` (ny, nx) float32 ADU; ``visits`` one per visit; ``catalog`` the survey's object
+    catalogue from the ref; ``stars``/``galaxies``/``events``/``artifacts`` truth tables
+    with one row per exposure (x, y 0-based in that exposure's new image).
+    """
+
+    night: str
+    field: int
+    sensor: int
+    sensor_id: str
+    ref: np.ndarray
+    ref_header: fits.Header
+    visits: tuple[VisitImage, ...]
+    catalog: pd.DataFrame
+    stars: pd.DataFrame
+    galaxies: pd.DataFrame
+    events: pd.DataFrame
+    artifacts: pd.DataFrame
+    ref_offset: tuple[float, float]  # true (dx, dy) px of the ref's pixels vs its header WCS
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def parse_night(night: str) -> _dt.date:
+    """Parse ``YYYY-MM-DD``; ``ValueError`` naming ``night`` otherwise."""
+    try:
+        return _dt.date.fromisoformat(night)
+    except (TypeError, ValueError):
+        raise ValueError(f"night: expected 'YYYY-MM-DD', got {night!r}") from None
+
+
+def exposure_id(night: str, visit: int, field: int) -> str:
+    """Exposure id unique across nights and sorting in time order."""
+    return f"{night.replace('-', '')}{visit:02d}{field:03d}"
+
+
+def sensor_id(sensor: int) -> str:
+    return f"{sensor:02d}"
+
+
+def _sensor_center(config: SurveyConfig, field: int, sensor: int) -> tuple[float, float]:
+    """(ra, dec) in deg of the centre of a sensor: fields along RA, sensors on a grid."""
+    ncol = int(math.ceil(math.sqrt(config.n_sensors)))
+    nrow = int(math.ceil(config.n_sensors / ncol))
+    w = config.nx * config.pixel_scale / 3600.0 * 1.05
+    h = config.ny * config.pixel_scale / 3600.0 * 1.05
+    ra0, dec0 = config.sky_center
+    col, row = sensor % ncol, sensor // ncol
+    dx = (col - (ncol - 1) / 2) * w + field * ncol * w * 1.1
+    dy = (row - (nrow - 1) / 2) * h
+    dec = dec0 + dy
+    ra = (ra0 + dx / math.cos(math.radians(dec))) % 360.0
+    return ra, dec
+
+
+def sensor_wcs(config: SurveyConfig, field: int, sensor: int, offset: tuple[float, float] = (0.0, 0.0)) -> WCS:
+    """TAN WCS of a sensor; ``offset`` (dx, dy) px moves the sky on the pixel grid."""
+    ra, dec = _sensor_center(config, field, sensor)
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [ra, dec]
+    w.wcs.crpix = [(config.nx + 1) / 2 + offset[0], (config.ny + 1) / 2 + offset[1]]
+    s = config.pixel_scale / 3600.0
+    w.wcs.cd = [[-s, 0.0], [0.0, s]]
+    w.wcs.cunit = ["deg", "deg"]
+    w.wcs.radesys = "ICRS"
+    return w
+
+
+def _powerlaw_mags(rng: np.random.Generator, n: int, lo: float, hi: float, slope: float) -> np.ndarray:
+    """n magnitudes with density proportional to 10**(slope * m) on [lo, hi]."""
+    a, b = 10 ** (slope * (lo - hi)), 1.0
+    u = rng.uniform(a, b, n)
+    return hi + np.log10(u) / slope
+
+
+def _n_powerlaw(density: float, mref: float, slope: float, lo: float, hi: float, area: float) -> float:
+    """Expected count in [lo, hi] given density (per deg^2) brighter than mref."""
+    return density * area * (10 ** (slope * (hi - mref)) - 10 ** (slope * (lo - mref)))
+
+
+def _flux(config: SurveyConfig, mag) -> np.ndarray:
+    return 10 ** (-0.4 * (np.asarray(mag, float) - config.zeropoint))
+
+
+def _psf_profile(config: SurveyConfig, seeing_arcsec: float) -> galsim.Moffat:
+    return galsim.Moffat(beta=config.moffat_beta, fwhm=seeing_arcsec / config.pixel_scale)
+
+
+def _point_psf(moffat: galsim.GSObject) -> galsim.InterpolatedImage:
+    # Pixel-integrated PSF drawn once at 4x oversampling: drawing a star from it costs
+    # 0.14 ms vs 1.5 ms for galsim's per-star FFT convolution (300 stars, 2000x1128).
+    n = int(2 * math.ceil(8 * moffat.fwhm) * 4 + 1)
+    img = galsim.Convolve(moffat, galsim.Pixel(1.0)).drawImage(nx=n, ny=n, scale=0.25, method="no_pixel")
+    return galsim.InterpolatedImage(img, x_interpolant="lanczos5", normalization="flux")
+
+
+def _draw_points(img: galsim.Image, psf: galsim.GSObject, x, y, flux, fwhm_px: float) -> None:
+    """Add point sources at 0-based (x, y) with total ``flux`` ADU into ``img`` (in place)."""
+    for xi, yi, fi in zip(x, y, flux):
+        if fi <= 0:
+            continue
+        h = int(np.clip(3 * fwhm_px * (1 + max(0.0, math.log10(fi / 1e4))), 8, 80))
+        gx, gy = xi + 1.0, yi + 1.0
+        ix, iy = int(round(gx)), int(round(gy))
+        b = galsim.BoundsI(ix - h, ix + h, iy - h, iy + h) & img.bounds
+        if not b.isDefined():
+            continue
+        psf.withFlux(float(fi)).drawImage(image=img[b], center=galsim.PositionD(gx, gy),
+                                          add_to_image=True, method="no_pixel")
+
+
+def _draw_galaxies(img: galsim.Image, moffat: galsim.GSObject, gal: pd.DataFrame, xcol: str, ycol: str) -> None:
+    for row in gal.itertuples(index=False):
+        x, y = getattr(row, xcol), getattr(row, ycol)
+        prof = galsim.Sersic(n=float(row.sersic_n), half_light_radius=float(row.r_half_px), flux=float(row.flux_adu))
+        prof = prof.shear(g=float(row.ellipticity), beta=float(row.theta) * galsim.radians)
+        h = int(np.clip(4 * row.r_half_px + 3 * moffat.fwhm, 12, 96))
+        gx, gy = x + 1.0, y + 1.0
+        ix, iy = int(round(gx)), int(round(gy))
+        b = galsim.BoundsI(ix - h, ix + h, iy - h, iy + h) & img.bounds
+        if not b.isDefined():
+            continue
+        galsim.Convolve(prof, moffat).drawImage(image=img[b], center=galsim.PositionD(gx, gy), add_to_image=True)
+
+
+def _noisy(rng: np.random.Generator, model_adu: np.ndarray, gain: float, read_noise_e: float, saturation: float) -> np.ndarray:
+    """Poisson (through ``gain``) + Gaussian read noise; clipped at saturation; float32 ADU."""
+    electrons = rng.poisson(np.clip(model_adu, 0, None) * gain).astype(np.float64)
+    if read_noise_e > 0:
+        electrons += rng.normal(0.0, read_noise_e, model_adu.shape)
+    return np.minimum(electrons / gain, saturation).astype(np.float32)
+
+
+def _header(config: SurveyConfig, wcs: WCS, *, exposure: str, sensor: int, field: int, visit: int,
+            night: str, mjd: float, gain: float, read_noise: float, seeing: float, ncombine: int) -> fits.Header:
+    h = fits.Header()
+    h["EXPOSURE"] = (exposure, "exposure id")
+    h["SENSOR"] = (sensor_id(sensor), "sensor id")
+    h["FIELD"] = (field, "field index")
+    h["VISIT"] = (visit, "visit of the field in the night (-1: reference)")
+    h["NIGHT"] = (night, "night (YYYY-MM-DD)")
+    h["MJD-OBS"] = (round(mjd, 8), "MJD at exposure start")
+    h["DATE-OBS"] = (Time(mjd, format="mjd", scale="utc").isot, "UTC at exposure start")
+    h["EXPTIME"] = (config.exptime, "s")
+    h["GAIN"] = (gain, "e-/ADU")
+    h["RDNOISE"] = (read_noise, "e-")
+    h["SATURATE"] = (config.saturation, "ADU")
+    h["MAGZP"] = (config.zeropoint, "mag of 1 ADU total")
+    h["SEEING"] = (round(seeing, 4), "arcsec FWHM")
+    h["PIXSCALE"] = (config.pixel_scale, "arcsec/px")
+    h["FILTER"] = config.filter
+    h["NCOMBINE"] = (ncombine, "exposures averaged")
+    h["TELESCOP"] = config.name
+    h.update(wcs.to_header())
+    return h
+
+
+def _empty(columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object if c in _STR_COLS else float) for c in columns})
+
+
+_STR_COLS = {"night", "exposure", "sensor", "kind", "event_id", "artifact_id", "star_id", "galaxy_id",
+             "host_id", "obj_id"}
+_BASE = ["night", "exposure", "sensor", "field", "visit", "mjd", "x", "y", "ra", "dec", "mag", "flux_adu", "kind"]
+
+
+# ----------------------------------------------------------------------------- static sky
+
+
+def _static_sky(config: SurveyConfig, field: int, sensor: int, seed: int):
+    """Stars, galaxies (world coords + shapes) and the ref's true offset for (field, sensor)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0, field, sensor]))
+    area = config.sensor_area_deg2
+    wcs = sensor_wcs(config, field, sensor)
+    margin = 10.0
+    # stars
+    lo, hi = config.star_mag_range
+    n = rng.poisson(_n_powerlaw(config.star_density, config.star_mag_ref, config.star_slope, lo, hi, area))
+    sx = rng.uniform(-margin, config.nx - 1 + margin, n)
+    sy = rng.uniform(-margin, config.ny - 1 + margin, n)
+    smag = _powerlaw_mags(rng, n, lo, hi, config.star_slope)
+    sra, sdec = wcs.all_pix2world(sx, sy, 0)
+    stars = pd.DataFrame({
+        "star_id": [f"f{field:03d}s{sensor:02d}-s{i:05d}" for i in range(n)],
+        "ra": sra, "dec": sdec, "mag": smag,
+    })
+    # galaxies
+    lo, hi = config.galaxy_mag_range
+    ng = rng.poisson(config.galaxy_density * area)
+    gx = rng.uniform(-margin, config.nx - 1 + margin, ng)
+    gy = rng.uniform(-margin, config.ny - 1 + margin, ng)
+    gmag = _powerlaw_mags(rng, ng, lo, hi, config.galaxy_slope)
+    gra, gdec = wcs.all_pix2world(gx, gy, 0)
+    med, sig = config.r_half_arcsec
+    r_half = np.clip(med * np.exp(sig * rng.standard_normal(ng)), 0.3, 6 * med) / config.pixel_scale
+    galaxies = pd.DataFrame({
+        "galaxy_id": [f"f{field:03d}s{sensor:02d}-g{i:05d}" for i in range(ng)],
+        "ra": gra, "dec": gdec, "mag": gmag,
+        "sersic_n": rng.choice(np.asarray(config.sersic_n, float), ng) if ng else np.zeros(0),
+        "r_half_px": r_half,
+        "ellipticity": rng.uniform(0, config.ellipticity_max, ng),
+        "theta": rng.uniform(0, np.pi, ng),
+    })
+    offset = tuple(float(v) for v in rng.normal(0.0, config.misregistration_px, 2))
+    return stars, galaxies, offset
+
+
+# ----------------------------------------------------------------------------- main entry
+
+
+def simulate_field_sensor(config: SurveyConfig, night: str, field: int, sensor: int, seed: int) -> FieldSensorSimulation:
+    """Simulate the reference and every visit of one sensor of one field on one night.
+
+    Returns a :class:`FieldSensorSimulation` (images (ny, nx) float32 ADU, headers, truth).
+    """
+    day = parse_night(night)
+    if not 0 <= field < config.n_fields:
+        raise ValueError(f"field: {field} outside 0..{config.n_fields - 1}")
+    if not 0 <= sensor < config.n_sensors:
+        raise ValueError(f"sensor: {sensor} outside 0..{config.n_sensors - 1}")
+    seed = int(seed)
+    if seed < 0:
+        raise ValueError(f"seed: must be >= 0, got {seed}")
+    ordinal = day.toordinal()
+    sid = sensor_id(sensor)
+    stars, galaxies, ref_offset = _static_sky(config, field, sensor, seed)
+    stars["flux_adu"] = _flux(config, stars["mag"])
+    galaxies["flux_adu"] = _flux(config, galaxies["mag"])
+
+    # ---- reference (static: depends on seed, field, sensor only)
+    nominal = sensor_wcs(config, field, sensor)
+    true_ref_wcs = sensor_wcs(config, field, sensor, ref_offset)
+    rng_ref = np.random.default_rng(np.random.SeedSequence([seed, 1, field, sensor]))
+    ref_moffat = _psf_profile(config, config.ref_seeing)
+    ref_img = galsim.Image(config.nx, config.ny, scale=1.0, dtype=np.float64)
+    rx, ry = true_ref_wcs.all_world2pix(stars["ra"], stars["dec"], 0)
+    _draw_points(ref_img, _point_psf(ref_moffat), rx, ry, stars["flux_adu"], ref_moffat.fwhm)
+    grx, gry = true_ref_wcs.all_world2pix(galaxies["ra"], galaxies["dec"], 0)
+    gal_ref = galaxies.assign(xr=grx, yr=gry)
+    _draw_galaxies(ref_img, ref_moffat, gal_ref, "xr", "yr")
+    g_ref = config.gain * config.ref_n_stack
+    rn_ref = config.read_noise * math.sqrt(config.ref_n_stack)
+    ref = _noisy(rng_ref, ref_img.array + config.sky_level, g_ref, rn_ref, config.saturation)
+    ref_header = _header(config, nominal, exposure=f"ref-f{field:03d}", sensor=sensor, field=field, visit=-1,
+                         night="", mjd=REF_MJD, gain=g_ref, read_noise=rn_ref, seeing=config.ref_seeing,
+                         ncombine=config.ref_n_stack)
+
+    # catalogue: positions through the ref's header WCS
+    cx, cy = nominal.all_world2pix(stars["ra"], stars["dec"], 0)
+    gcx, gcy = nominal.all_world2pix(galaxies["ra"], galaxies["dec"], 0)
+    cat = pd.concat([
+        pd.DataFrame({"obj_id": stars["star_id"], "ra": stars["ra"], "dec": stars["dec"], "x": cx, "y": cy,
+                      "mag": stars["mag"], "extended": False, "r_half_px": 0.0, "ellipticity": 0.0,
+                      "theta": 0.0, "kind": "star"}),
+        pd.DataFrame({"obj_id": galaxies["galaxy_id"], "ra": galaxies["ra"], "dec": galaxies["dec"], "x": gcx,
+                      "y": gcy, "mag": galaxies["mag"], "extended": True, "r_half_px": galaxies["r_half_px"],
+                      "ellipticity": galaxies["ellipticity"], "theta": galaxies["theta"], "kind": "galaxy"}),
+    ], ignore_index=True)
+    inside = (cat["x"] >= -0.5) & (cat["x"] < config.nx - 0.5) & (cat["y"] >= -0.5) & (cat["y"] < config.ny - 0.5)
+    catalog = cat[inside].reset_index(drop=True)
+    catalog["extended"] = catalog["extended"].astype(bool)
+
+    # ---- nightly events (depend on seed, night, field, sensor)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, ordinal, field, sensor]))
+    mjd0 = Time(day.isoformat() + "T12:00:00", scale="utc").mjd
+    events = _draw_events(config, rng, stars, galaxies, nominal, night, field, sensor, mjd0)
+    hot, badcol = _draw_static_artifacts(config, rng)
+
+    visits: list[VisitImage] = []
+    star_rows, gal_rows, ev_rows, art_rows = [], [], [], []
+    for visit in range(config.n_visits):
+        exp = exposure_id(night, visit, field)
+        mjd = mjd0 + visit * config.visit_interval_min / 1440.0 + field * config.field_time_s / 86400.0
+        prng = np.random.default_rng(np.random.SeedSequence([seed, ordinal, field, 100000 + visit]))
+        jitter = tuple(float(v) for v in prng.normal(0.0, config.pointing_jitter_px, 2))
+        seeing = float(prng.uniform(*config.seeing_range))
+        vrng = np.random.default_rng(np.random.SeedSequence([seed, ordinal, field, sensor, 1 + visit]))
+        wcs = sensor_wcs(config, field, sensor, jitter)
+        moffat = _psf_profile(config, seeing)
+        psf = _point_psf(moffat)
+        img = galsim.Image(config.nx, config.ny, scale=1.0, dtype=np.float64)
+        common = dict(night=night, exposure=exp, sensor=sid, field=field, visit=visit, mjd=mjd)
+
+        x, y = wcs.all_world2pix(stars["ra"], stars["dec"], 0)
+        flux = stars["flux_adu"].to_numpy().copy()
+        var = events[events["kind"] == "variable"]
+        if len(var):
+            idx = stars.index.get_indexer(var["star_index"].astype(int))
+            flux[idx] += var["delta_flux_adu"].to_numpy()
+        _draw_points(img, psf, x, y, flux, moffat.fwhm)
+        star_rows.append(stars[["star_id", "ra", "dec", "mag", "flux_adu"]].assign(x=x, y=y, kind="star", **common))
+
+        gx, gy = wcs.all_world2pix(galaxies["ra"], galaxies["dec"], 0)
+        gal_v = galaxies.assign(x=gx, y=gy)
+        _draw_galaxies(img, moffat, gal_v, "x", "y")
+        gal_rows.append(gal_v.assign(kind="galaxy", **common))
+
+        ev = events[events["kind"] != "variable"]
+        ex, ey = _event_positions(config, ev, wcs, mjd)
+        _draw_points(img, psf, ex, ey, ev["flux_adu"].to_numpy(), moffat.fwhm)
+        ev_v = ev.assign(x=ex, y=ey)
+        vx, vy = wcs.all_world2pix(var["ra"], var["dec"], 0) if len(var) else (np.zeros(0), np.zeros(0))
+        ev_v = pd.concat([ev_v, var.assign(x=vx, y=vy)], ignore_index=True) if len(var) else ev_v
+        ev_v = ev_v.assign(**common)
+        ev_v = ev_v[(ev_v["x"] >= -0.5) & (ev_v["x"] < config.nx - 0.5)
+                    & (ev_v["y"] >= -0.5) & (ev_v["y"] < config.ny - 0.5)]
+        ev_rows.append(ev_v)
+
+        new = _noisy(vrng, img.array + config.sky_level, config.gain, config.read_noise, np.inf)
+        arts = _apply_artifacts(config, vrng, new, hot, badcol, common, wcs, field, sensor)
+        np.minimum(new, np.float32(config.saturation), out=new)
+        art_rows.append(arts)
+        header = _header(config, wcs, exposure=exp, sensor=sensor, field=field, visit=visit, night=night, mjd=mjd,
+                         gain=config.gain, read_noise=config.read_noise, seeing=seeing, ncombine=1)
+        visits.append(VisitImage(new=new, header=header, exposure=exp, visit=visit, mjd=mjd, seeing=seeing))
+
+    def _inside(df: pd.DataFrame) -> pd.DataFrame:
+        ok = (df["x"] >= -0.5) & (df["x"] < config.nx - 0.5) & (df["y"] >= -0.5) & (df["y"] < config.ny - 0.5)
+        return df[ok]
+
+    stars_t = _inside(pd.concat(star_rows, ignore_index=True)).reset_index(drop=True)
+    gal_t = _inside(pd.concat(gal_rows, ignore_index=True)).reset_index(drop=True)
+    ev_cols = _BASE + ["event_id", "host_id", "host_offset_arcsec", "delta_flux_adu", "t_start_mjd"]
+    ev_t = pd.concat(ev_rows, ignore_index=True)
+    ev_t = ev_t[ev_cols].reset_index(drop=True) if len(ev_t) else _empty(ev_cols)
+    art_t = pd.concat(art_rows, ignore_index=True) if art_rows else _empty(_BASE + ["artifact_id"])
+    return FieldSensorSimulation(
+        night=night, field=field, sensor=sensor, sensor_id=sid, ref=ref, ref_header=ref_header,
+        visits=tuple(visits), catalog=catalog,
+        stars=stars_t[_BASE + ["star_id"]],
+        galaxies=gal_t[_BASE + ["galaxy_id", "sersic_n", "r_half_px", "ellipticity", "theta"]],
+        events=ev_t, artifacts=art_t.reset_index(drop=True), ref_offset=ref_offset,
+    )
+
+
+def _draw_events(config, rng, stars, galaxies, wcs, night, field, sensor, mjd0) -> pd.DataFrame:
+    """Nightly events in world coordinates (asteroids: position at mjd0 and velocity)."""
+    rows = []
+    scale = config.pixel_scale
+    lo, hi = config.event_mag_range
+
+    def base(kind, i):
+        return {"kind": kind, "event_id": f"{night}-f{field:03d}-s{sensor:02d}-{kind[:3]}{i:03d}",
+                "host_id": None, "host_offset_arcsec": np.nan, "delta_flux_adu": np.nan,
+                "t_start_mjd": mjd0 - rng.uniform(0, config.event_age_days), "vx": 0.0, "vy": 0.0,
+                "star_index": -1}
+
+    in_gal = galaxies[(galaxies["ra"].notna())]
+    gx, gy = wcs.all_world2pix(in_gal["ra"], in_gal["dec"], 0) if len(in_gal) else (np.zeros(0), np.zeros(0))
+    ok = (gx > 5) & (gx < config.nx - 6) & (gy > 5) & (gy < config.ny - 6)
+    hosts = in_gal[ok].assign(_x=gx[ok], _y=gy[ok])
+    for kind, rate in (("supernova", config.supernova_rate), ("nuclear", config.nuclear_rate)):
+        n = rng.poisson(rate) if len(hosts) else 0
+        for i in range(n):
+            h = hosts.iloc[int(rng.integers(len(hosts)))]
+            r = 0.0 if kind == "nuclear" else rng.gamma(2.0, h["r_half_px"] / 1.678) * config.sn_offset_scale
+            phi = rng.uniform(0, 2 * np.pi)
+            q = (1 - h["ellipticity"]) / (1 + h["ellipticity"])
+            u, v = r * np.cos(phi) / math.sqrt(q), r * np.sin(phi) * math.sqrt(q)
+            c, s = math.cos(h["theta"]), math.sin(h["theta"])
+            x, y = h["_x"] + c * u - s * v, h["_y"] + s * u + c * v
+            d = base(kind, i)
+            d.update(x0=x, y0=y, mag=rng.uniform(lo, hi), host_id=h["galaxy_id"],
+                     host_offset_arcsec=float(math.hypot(x - h["_x"], y - h["_y"]) * scale))
+            rows.append(d)
+    for i in range(rng.poisson(config.hostless_rate)):
+        d = base("hostless", i)
+        d.update(x0=rng.uniform(5, config.nx - 6), y0=rng.uniform(5, config.ny - 6), mag=rng.uniform(lo, hi))
+        rows.append(d)
+    sx, sy = wcs.all_world2pix(stars["ra"], stars["dec"], 0) if len(stars) else (np.zeros(0), np.zeros(0))
+    cand = np.flatnonzero((sx > 5) & (sx < config.nx - 6) & (sy > 5) & (sy < config.ny - 6)
+                          & (stars["mag"].to_numpy() < config.event_mag_range[1] + 1))
+    nvar = min(rng.poisson(config.variable_rate), len(cand))
+    for i, j in enumerate(rng.choice(cand, nvar, replace=False) if nvar else []):
+        dm = rng.uniform(0.2, 1.0) * config.variable_amp * rng.choice([-1.0, 1.0])
+        f0 = float(stars["flux_adu"].iloc[j])
+        d = base("variable", i)
+        d.update(x0=sx[j], y0=sy[j], mag=float(stars["mag"].iloc[j] + dm), star_index=int(stars.index[j]),
+                 delta_flux_adu=f0 * (10 ** (-0.4 * dm) - 1), host_id=stars["star_id"].iloc[j])
+        rows.append(d)
+    for i in range(rng.poisson(config.asteroid_rate)):
+        d = base("asteroid", i)
+        speed = rng.uniform(*config.asteroid_speed) / scale  # px / min
+        ang = rng.uniform(0, 2 * np.pi)
+        d.update(x0=rng.uniform(5, config.nx - 6), y0=rng.uniform(5, config.ny - 6), mag=rng.uniform(lo, hi),
+                 vx=speed * math.cos(ang), vy=speed * math.sin(ang))
+        rows.append(d)
+    cols = ["kind", "event_id", "host_id", "host_offset_arcsec", "delta_flux_adu", "t_start_mjd", "vx", "vy",
+            "star_index", "x0", "y0", "mag"]
+    ev = pd.DataFrame(rows, columns=cols)
+    if len(ev):
+        ev["ra"], ev["dec"] = wcs.all_pix2world(ev["x0"].to_numpy(float), ev["y0"].to_numpy(float), 0)
+    else:
+        ev["ra"], ev["dec"] = np.zeros(0), np.zeros(0)
+    ev["flux_adu"] = _flux(config, ev["mag"])
+    ev.loc[ev["kind"] == "variable", "flux_adu"] = ev.loc[ev["kind"] == "variable", "delta_flux_adu"]
+    ev["mjd_ref"] = mjd0
+    return ev
+
+
+def _event_positions(config, ev: pd.DataFrame, wcs: WCS, mjd: float):
+    if not len(ev):
+        return np.zeros(0), np.zeros(0)
+    x, y = wcs.all_world2pix(ev["ra"].to_numpy(float), ev["dec"].to_numpy(float), 0)
+    dt_min = (mjd - ev["mjd_ref"].to_numpy(float)) * 1440.0
+    return x + ev["vx"].to_numpy(float) * dt_min, y + ev["vy"].to_numpy(float) * dt_min
+
+
+def _draw_static_artifacts(config: SurveyConfig, rng):
+    """Hot pixels (x, y, adu) and bad column segments (x, y0, y1, adu) of this sensor-night."""
+    nh = rng.poisson(config.hot_pixel_rate)
+    hot = (rng.integers(0, config.nx, nh), rng.integers(0, config.ny, nh), rng.uniform(*config.hot_pixel_adu, nh))
+    nb = rng.poisson(config.bad_column_rate)
+    y0 = rng.integers(0, config.ny // 2, nb)
+    bad = (rng.integers(0, config.nx, nb), y0, np.minimum(y0 + rng.integers(50, config.ny, nb), config.ny),
+           rng.uniform(*config.bad_column_adu, nb))
+    return hot, bad
+
+
+def _apply_artifacts(config, rng, new, hot, bad, common, wcs, field, sensor) -> pd.DataFrame:
+    """Add artifacts to ``new`` in place; return their truth rows (x, y 0-based)."""
+    rows = []
+    exp = common["exposure"]
+    for i, (x, y, a) in enumerate(zip(*hot)):
+        new[y, x] += a
+        rows.append(dict(kind="hot_pixel", x=float(x), y=float(y), flux_adu=float(a), extent_px=1.0,
+                         artifact_id=f"{common['night']}-f{field:03d}-s{sensor:02d}-hot{i:03d}"))
+    for i, (x, y0, y1, a) in enumerate(zip(*bad)):
+        new[y0:y1, x] += a
+        rows.append(dict(kind="bad_column", x=float(x), y=float((y0 + y1 - 1) / 2), flux_adu=float(a),
+                         extent_px=float(y1 - y0),
+                         artifact_id=f"{common['night']}-f{field:03d}-s{sensor:02d}-col{i:03d}"))
+    for i in range(rng.poisson(config.cosmic_ray_rate)):
+        x, y = int(rng.integers(2, config.nx - 2)), int(rng.integers(2, config.ny - 2))
+        peak = rng.uniform(*config.cosmic_ray_adu)
+        length = int(rng.integers(1, 6))
+        ang = rng.uniform(0, np.pi)
+        pts = {(int(round(y + k * math.sin(ang))), int(round(x + k * math.cos(ang)))) for k in range(length)}
+        for (py, px) in pts:
+            if 0 <= py < config.ny and 0 <= px < config.nx:
+                new[py, px] += peak * rng.uniform(0.5, 1.0)
+        rows.append(dict(kind="cosmic_ray", x=float(x), y=float(y), flux_adu=float(peak), extent_px=float(length),
+                         artifact_id=f"{exp}-s{sensor:02d}-cr{i:03d}"))
+    cols = ["kind", "x", "y", "flux_adu", "extent_px", "artifact_id"]
+    df = pd.DataFrame(rows, columns=cols)
+    if len(df):
+        df["ra"], df["dec"] = wcs.all_pix2world(df["x"].to_numpy(float), df["y"].to_numpy(float), 0)
+    else:
+        df["ra"], df["dec"] = np.zeros(0), np.zeros(0)
+    df["mag"] = np.nan
+    df = df.assign(**common)
+    return df[_BASE + ["artifact_id", "extent_px"]]
+
+
+# ----------------------------------------------------------------------------- TNS
+
+
+def make_tns_list(events: pd.DataFrame, config: SurveyConfig, seed: int) -> pd.DataFrame:
+    """Simulated TNS search export: a magnitude-dependent fraction of the transients.
+
+    ``events``: truth events (per-exposure rows, any nights). One row per reported object;
+    P(report) = tns_fraction / (1 + exp((m_peak - tns_mag50) / tns_mag_width)).
+    """
+    cols = ["ID", "Name", "RA", "DEC", "Obj. Type", "Redshift", "Host Name", "Discovery Date (UT)",
+            "Discovery Mag/Flux", "Discovering Group/s", "Reporting Group/s", "ra_deg", "dec_deg", "event_id"]
+    need = {"event_id", "kind", "mag", "ra", "dec", "mjd"}
+    missing = need - set(events.columns)
+    if missing:
+        raise ValueError(f"events: missing columns {sorted(missing)}")
+    ev = events[events["kind"].isin(TNS_KINDS)]
+    if not len(ev):
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
+    agg = ev.groupby("event_id", sort=True).agg(
+        kind=("kind", "first"), mag=("mag", "min"), ra=("ra", "first"), dec=("dec", "first"),
+        mjd=("mjd", "min"), host=("host_id", "first"),
+        t_start=("t_start_mjd", "first") if "t_start_mjd" in ev else ("mjd", "min"),
+    ).reset_index()
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7777]))
+    p = config.tns_fraction / (1 + np.exp((agg["mag"].to_numpy() - config.tns_mag50) / config.tns_mag_width))
+    u = rng.uniform(size=len(agg))
+    frac = rng.uniform(size=len(agg))
+    z = rng.uniform(0.01, 0.1, size=len(agg))
+    classified = rng.uniform(size=len(agg)) < 0.2
+    rep = agg[u < p].copy()
+    if not len(rep):
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
+    sel = (u < p)
+    disc = rep["t_start"].to_numpy() + frac[sel] * (rep["mjd"].to_numpy() - rep["t_start"].to_numpy())
+    rep["disc"] = disc
+    rep = rep.sort_values(["disc", "event_id"]).reset_index(drop=True)
+    zsel, csel = z[sel], classified[sel]
+    names, ids = [], []
+    for i, t in enumerate(rep["disc"]):
+        year = Time(t, format="mjd").datetime.year
+        names.append(f"{'SN' if csel[i] and rep['kind'].iloc[i] == 'supernova' else 'AT'} {year}{_tns_suffix(i)}")
+        ids.append(100000 + i)
+    ra = Angle(rep["ra"].to_numpy(), unit="deg").to_string(unit="hour", sep=":", precision=3, pad=True)
+    dec = Angle(rep["dec"].to_numpy(), unit="deg").to_string(unit="deg", sep=":", precision=2, alwayssign=True, pad=True)
+    is_sn = (rep["kind"] == "supernova").to_numpy()
+    return pd.DataFrame({
+        "ID": ids, "Name": names, "RA": ra, "DEC": dec,
+        "Obj. Type": np.where(csel & is_sn, "SN Ia", ""),
+        "Redshift": np.where(csel & is_sn, np.round(zsel, 4).astype(str), ""),
+        "Host Name": rep["host"].fillna("").to_numpy(),
+        "Discovery Date (UT)": [Time(t, format="mjd").iso for t in rep["disc"]],
+        "Discovery Mag/Flux": np.round(rep["mag"].to_numpy() + 0.1, 2),
+        "Discovering Group/s": "RBFLOW-SIM", "Reporting Group/s": "RBFLOW-SIM",
+        "ra_deg": rep["ra"].to_numpy(), "dec_deg": rep["dec"].to_numpy(), "event_id": rep["event_id"].to_numpy(),
+    })[cols]
+
+
+def _tns_suffix(i: int) -> str:
+    """TNS-style letter suffix: 0 -> 'aaa', 1 -> 'aab', ..."""
+    s = ""
+    for _ in range(3):
+        s = chr(ord("a") + i % 26) + s
+        i //= 26
+    return s
