@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS, FITSFixedWarning
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -60,22 +61,27 @@ def read_image_fits(path, hdu: int | str = 0) -> tuple[np.ndarray, fits.Header]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such FITS file")
+    problem = None
     try:
-        with fits.open(path, memmap=False) as hdul:
-            try:
-                h = hdul[hdu]
-            except (IndexError, KeyError):
-                raise ValueError(f"{path}: has no HDU {hdu!r} ({len(hdul)} HDUs)") from None
-            if not isinstance(h, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
-                raise ValueError(f"{path}: HDU {hdu!r} is not an image ({type(h).__name__})")
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", fits.verify.VerifyWarning)
-                data = h.data
-            header = h.header.copy()
-    except ValueError:
-        raise
-    except (OSError, TypeError, fits.verify.VerifyWarning) as exc:
+        with warnings.catch_warnings():
+            # astropy only warns on truncated files (and then fails or returns partial data)
+            warnings.simplefilter("error", AstropyUserWarning)
+            warnings.simplefilter("error", fits.verify.VerifyWarning)
+            with fits.open(path, memmap=False) as hdul:
+                try:
+                    h = hdul[hdu]
+                except (IndexError, KeyError):
+                    problem = f"has no HDU {hdu!r} ({len(hdul)} HDUs)"
+                else:
+                    if not isinstance(h, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
+                        problem = f"HDU {hdu!r} is not an image ({type(h).__name__})"
+                    else:
+                        data = h.data
+                        header = h.header.copy()
+    except (OSError, TypeError, ValueError, AstropyUserWarning, fits.verify.VerifyWarning) as exc:
         raise ValueError(f"{path}: unreadable or truncated FITS file ({exc})") from exc
+    if problem:
+        raise ValueError(f"{path}: {problem}")
     if data is None or np.ndim(data) != 2:
         raise ValueError(f"{path}: HDU {hdu!r} holds no 2-D image (shape {None if data is None else np.shape(data)})")
     return np.asarray(data, dtype=np.float32), header

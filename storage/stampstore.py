@@ -466,3 +466,16 @@ def open_dataset(dataset_dir: Path) -> DatasetView:
     meta_p = vdir / "dataset.json"
     meta = json.loads(meta_p.read_text()) if meta_p.exists() else {}
     return DatasetView(d, vdir, meta)
+
+
+def write_dataset(dataset_dir: Path, stamps: np.ndarray, table: pd.DataFrame, meta: dict | None = None) -> JoinResult:
+    """Write an in-memory stamp set as a dataset directory (one part per image, then join)."""
+    d = Path(dataset_dir)
+    keys = []
+    with dataset_lock(d, "write"):
+        for (exposure, sensor), idx in table.groupby(["exposure", "sensor"], sort=True).indices.items():
+            key = part_key(str(exposure), str(sensor))
+            write_part(d, key, stamps[idx], table.iloc[idx].reset_index(drop=True))
+            append_ledger(d, PartRecord(key, "done", len(idx)))
+            keys.append(key)
+        return join_parts(d, keys, meta or {})

@@ -198,6 +198,28 @@ def _near(frame: pd.DataFrame | None, xy: np.ndarray, radius: float):
     return j, cnt
 
 
+def _near_artifacts(frame: pd.DataFrame | None, xy: np.ndarray, radius: float):
+    """Like _near, with each artifact's ``extent_px`` (length) added to the radius; a
+    ``bad_column`` is a vertical segment of that length centred on (x, y)."""
+    n = len(xy)
+    if frame is None or len(frame) == 0 or n == 0:
+        return np.full(n, -1), np.zeros(n, int)
+    ax, ay = frame["x"].to_numpy(float), frame["y"].to_numpy(float)
+    ext = (frame["extent_px"].to_numpy(float) if "extent_px" in frame
+           else np.zeros(len(frame)))
+    ext = np.nan_to_num(ext)
+    col = (frame["kind"].astype(str).to_numpy() == "bad_column") if "kind" in frame else \
+        np.zeros(len(frame), bool)
+    dx = np.abs(xy[:, 0:1] - ax[None, :])
+    dy = np.abs(xy[:, 1:2] - ay[None, :])
+    d_pt = np.hypot(dx, dy) - ext[None, :]
+    d_col = np.hypot(dx, np.clip(dy - ext[None, :] / 2, 0, None))
+    d = np.where(col[None, :], d_col, d_pt)  # (n_det, n_art): artifacts are few per image
+    inside = d <= radius
+    j = np.where(inside.any(1), np.argmin(np.where(inside, d, np.inf), axis=1), -1)
+    return j, inside.sum(1)
+
+
 def assign_truth(detections: pd.DataFrame, *, injections: pd.DataFrame | None,
                  truth: dict[str, pd.DataFrame] | None, radius_px: float = 2.0) -> pd.DataFrame:
     """Add ``true_class`` and ``true_label`` (contract: shared/contracts.md).
@@ -206,7 +228,7 @@ def assign_truth(detections: pd.DataFrame, *, injections: pd.DataFrame | None,
     caller passes only objects present on this image). Priority per detection, all within
     ``radius_px`` (default 2 px): injection ('injected', 1; -1 with INJECTION_ON_ARTIFACT
     when an artifact is also there) > event (its kind, 1; -1 if on an artifact) > artifact
-    (its kind, 0) > truth star ('star_residual', 0) > galaxy ('galaxy_residual', 0) >
+    (its kind, 0; the radius grows by the artifact's ``extent_px``) > truth star ('star_residual', 0) > galaxy ('galaxy_residual', 0) >
     'noise' (0). truth None (real data): both columns null.
     """
     out = detections.copy()
@@ -220,7 +242,7 @@ def assign_truth(detections: pd.DataFrame, *, injections: pd.DataFrame | None,
     cls = np.full(n, "noise", dtype=object)
     lab = np.zeros(n, np.int8)
     done = np.zeros(n, bool)
-    j_art, c_art = _near(truth.get("artifacts"), xy, radius_px)
+    j_art, c_art = _near_artifacts(truth.get("artifacts"), xy, radius_px)
     on_art = j_art >= 0
     inj_frame = injections if injections is not None and len(injections) else None
     j_inj, c_inj = _near(inj_frame, xy, radius_px)

@@ -23,6 +23,7 @@ median parameters define the PSF (method='moffat'); with no usable star at all, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import sep
@@ -50,7 +51,12 @@ class PSFConfig(BaseModel):
     min_stars: int = Field(15, ge=1, description="fewer selected stars -> Moffat fallback")
     maxiters: int = Field(5, ge=1, description="EPSFBuilder iterations")
     detect_thresh: float = Field(3.0, gt=0, description="sep threshold in background sigma")
-    min_snr: float = Field(50.0, gt=0, description="aperture S/N cut for PSF stars")
+    min_snr: float = Field(20.0, gt=0, description="aperture S/N cut for PSF stars")
+    smoothing_kernel: Literal["quartic", "quadratic"] = Field(
+        "quadratic", description="EPSFBuilder smoothing kernel (quadratic: measured 4x smaller "
+        "sub-pixel centroid error than quartic with ~70 stars at oversampling 3)")
+    stars_per_phase: float = Field(
+        6.0, gt=0, description="lower the oversampling until n_stars / os**2 >= this")
     aper_radius: float = Field(6.0, gt=0, description="aperture radius (px) for the S/N cut")
     isolation_px: float = Field(12.0, ge=0, description="no other detection within this (px)")
     saturation_fraction: float = Field(
@@ -155,6 +161,25 @@ def scatter_boxes(shape, boxes: np.ndarray, x0: np.ndarray, y0: np.ndarray) -> n
     return out
 
 
+class _Builder(EPSFBuilder):
+    """EPSFBuilder whose oversampled cells without any star sample get a zero residual.
+
+    Such cells (typically a corner of the grid, reached only by stars of one sub-pixel phase)
+    make photutils 3.0 fill them by a Clough-Tocher fit over the whole grid: measured 3.6 s
+    per iteration on 42 stars at oversampling 2 (18 s per sensor) versus 0.2 s with this.
+    A zero residual keeps the previous value there (0 at the start): the grid's corner,
+    far in the wings.
+    """
+
+    def _resample_residuals(self, stars, epsf):
+        res = super()._resample_residuals(stars, epsf)
+        if len(res):
+            empty = ~np.isfinite(res).any(axis=0)
+            if empty.any():
+                res[0][empty] = 0.0
+        return res
+
+
 def _image_psf(epsf: np.ndarray, oversampling: int) -> ImagePSF:
     return ImagePSF(epsf, oversampling=oversampling, fill_value=0.0)
 
@@ -194,7 +219,7 @@ def _moffat_epsf(fwhm: float, beta: float, oversampling: int, size: int) -> np.n
 
 def _fit_moffat(data: np.ndarray, oversampling: int, size: int) -> np.ndarray | None:
     """Fit astropy Moffat2D to cut-outs (list of (k, k)) -> oversampled effective PSF."""
-    fitter = fitting.LMLSQFitter()
+    fitter = fitting.TRFLSQFitter()
     params = []
     for d in data:
         k = d.shape[0]
@@ -292,9 +317,16 @@ def build_psf(image: np.ndarray, *, mask: np.ndarray | None = None,
     half = config.box_size // 2
     if len(stars) >= config.min_stars:
         stars = stars[: config.max_stars]
+        # every oversampled cell needs samples: photutils interpolates empty cells with a
+        # Clough-Tocher fit over the whole grid, seconds per iteration (measured: 18 stars at
+        # os 3 -> 30 s, 75 stars -> 1 s), and the ePSF is noisy there anyway
+        os_ = int(min(os_, max(1, np.floor(np.sqrt(len(stars) / config.stars_per_phase)))))
+        if os_ < config.oversampling:
+            flags.append("oversampling_reduced")
         tab = Table({"x": stars["x"], "y": stars["y"]})
         cut = extract_stars(NDData(data), tab, size=config.box_size)
-        builder = EPSFBuilder(oversampling=os_, maxiters=config.maxiters, progress_bar=False)
+        builder = _Builder(oversampling=os_, maxiters=config.maxiters, progress_bar=False,
+                           smoothing_kernel=config.smoothing_kernel)
         res = builder(cut)
         if not res.converged:
             flags.append("not_converged")

@@ -136,6 +136,16 @@ def _poly_terms(x: np.ndarray, y: np.ndarray, nx: int, ny: int) -> np.ndarray:
     return np.stack([np.ones_like(u), u, v, u * u, u * v, v * v], axis=-1)
 
 
+def _eval_poly(coef: np.ndarray, nx: int, ny: int) -> tuple[np.ndarray, np.ndarray]:
+    """The quadratic mapping of :func:`_poly_terms` on the full (ny, nx) grid, by broadcasting."""
+    u = (2 * np.arange(nx) / max(nx - 1, 1) - 1)[None, :]
+    v = (2 * np.arange(ny) / max(ny - 1, 1) - 1)[:, None]
+    out = []
+    for c in coef.T:
+        out.append((c[0] + c[2] * v + c[5] * v * v) + (c[1] + c[4] * v) * u + c[3] * u * u)
+    return out[0], out[1]
+
+
 def _registration(new_wcs: WCS, ref_wcs: WCS, shape_new, shape_ref):
     """Quadratic fit of new pixel -> ref pixel from the WCSs: coefficients (6, 2) and max residual."""
     ny, nx = shape_new
@@ -217,10 +227,8 @@ def subtract(
 
     # ---- 1. registration by WCS
     coef, wcs_resid = _registration(new_wcs, ref_wcs, new.shape, ref.shape)
-    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float64)
-    rmap = _poly_terms(xx, yy, nx, ny) @ coef  # (ny, nx, 2): ref (x, y) of each new pixel
-    inside = ((rmap[..., 0] >= -0.5) & (rmap[..., 0] <= ref.shape[1] - 0.5)
-              & (rmap[..., 1] >= -0.5) & (rmap[..., 1] <= ref.shape[0] - 0.5))
+    mx, my = _eval_poly(coef, nx, ny)  # (ny, nx) each: ref (x, y) of every new pixel
+    inside = (mx >= -0.5) & (mx <= ref.shape[1] - 0.5) & (my >= -0.5) & (my <= ref.shape[0] - 0.5)
     if inside.mean() < 1e-3:
         raise ValueError("new/ref: images do not overlap on the sky (per their WCS)")
     jac = np.sqrt(abs(np.linalg.det(coef[1:3] * np.array([[2 / max(nx - 1, 1)], [2 / max(ny - 1, 1)]]))))
@@ -260,15 +268,16 @@ def subtract(
 
     # ---- resample the ref onto the new grid (once, with the refined mapping)
     t = time.perf_counter()
-    cx = rmap[..., 0] + shift[0]
-    cy = rmap[..., 1] + shift[1]
+    cx = mx + shift[0]
+    cy = my + shift[1]
     fill_ref = np.where(bad_ref, bkg_ref, ref)
     ref_aligned = ndimage.map_coordinates(fill_ref, [cy, cx], order=config.interp_order, mode="nearest")
     inside = (cx >= -0.5) & (cx <= ref.shape[1] - 0.5) & (cy >= -0.5) & (cy <= ref.shape[0] - 0.5)
-    bad_ref_al = ndimage.map_coordinates(bad_ref.astype(np.float32), [cy, cx], order=1, mode="nearest") > 0.01
-    bad_ref_al |= ~inside
-    bkg_ref_al = ndimage.map_coordinates(bkg_ref, [cy, cx], order=1, mode="nearest")
-    del rmap, cx, cy, xx, yy
+    bad_ref_al = ~inside
+    if bad_ref.any():
+        bad_ref_al |= ndimage.map_coordinates(bad_ref.astype(np.float32), [cy, cx], order=1, mode="nearest") > 0.01
+    bkg_ref_al, _ = _background(ref_aligned, bad_ref_al, config.background_box)
+    del mx, my, cx, cy
     timings["resample"] = time.perf_counter() - t
 
     # ---- FWHMs and direction
@@ -321,8 +330,7 @@ def subtract(
     var_conv = signal.fftconvolve(var_A, kernel**2, mode="same")
     diff = (B - matched) if conv_ref else (matched - B)
     noise = np.sqrt(np.clip(var_B + var_conv, 0, None))
-    foot = np.ones((2 * h + 1, 2 * h + 1), bool)
-    mask = bad_B | ndimage.binary_dilation(bad_A, structure=foot)
+    mask = bad_B | ndimage.maximum_filter(bad_A, size=2 * h + 1)
     mask |= ~np.isfinite(diff) | ~np.isfinite(noise)
     diff = np.where(mask, 0.0, diff).astype(np.float32)
     noise = np.where(mask, 0.0, noise).astype(np.float32)
@@ -357,6 +365,16 @@ def _fit_stars(obj, n0, bad, rms, saturation, bkg, config: SubtractConfig) -> np
     return np.stack([ix[idx], iy[idx]], 1)
 
 
+def _solve_psd(M: np.ndarray, b: np.ndarray, rcond: float = 1e-12) -> np.ndarray:
+    """Minimum-norm solution of M c = b for symmetric positive semi-definite M (eigen cut-off)."""
+    d = np.sqrt(np.clip(np.diag(M), 1e-300, None))
+    Ms = M / d[:, None] / d[None, :]
+    ev, V = np.linalg.eigh(Ms)
+    keep = ev > rcond * ev.max()
+    c = V[:, keep] @ ((V[:, keep].T @ (b / d)) / ev[keep])
+    return c / d
+
+
 def _fit_kernel(A, B, var, cand, config: SubtractConfig, fit: dict):
     """Weighted least-squares Alard-Lupton fit with stamp clipping; returns (kernel, bg, fit info)."""
     h, s = config.kernel_half_width, config.stamp_half_width
@@ -372,9 +390,11 @@ def _fit_kernel(A, B, var, cand, config: SubtractConfig, fit: dict):
     W = w.reshape(n, -1)
     keep = np.ones(n, bool)
     for it in range(config.clip_iterations + 1):
-        sw = np.sqrt(W[keep])
-        Xk = (X[keep] * sw[:, None, :]).transpose(0, 2, 1).reshape(-1, nb + 1)
-        coef, *_ = np.linalg.lstsq(Xk, (Y[keep] * sw).ravel(), rcond=1e-10)
+        # normal equations (nb+1 square): a tall lstsq costs 0.4-0.9 s under BLAS thread
+        # contention on 2 cores vs < 10 ms for this (13,000 x 50 system, measured)
+        M = np.einsum("npk,nqk->pq", X[keep] * W[keep][:, None, :], X[keep])
+        b = np.einsum("npk,nk->p", X[keep], W[keep] * Y[keep])
+        coef = _solve_psd(M, b)
         resid = Y - np.einsum("npk,p->nk", X, coef)
         chi2 = (resid**2 * W).mean(axis=1)
         if it == config.clip_iterations:

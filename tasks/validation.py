@@ -27,6 +27,7 @@ import pandas as pd
 from astropy.coordinates import SkyCoord
 import astropy.units as u
 from astropy.stats import binom_conf_interval
+from scipy import sparse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 
@@ -153,76 +154,113 @@ class _RocCurves:
     precision: np.ndarray
 
 
-def _weighted_roc(
-    y: np.ndarray, scores: np.ndarray, w: np.ndarray, *, tprs: tuple[float, ...],
-    fprs: tuple[float, ...], threshold: float,
-) -> _RocCurves:
-    """ROC statistics for B weightings at once.
+@dataclass(frozen=True)
+class _ClusterLayout:
+    """Detections folded onto the reals' distinct score levels, per cluster.
 
-    y (N,), scores (N,), w (B, N) non-negative weights (bootstrap multiplicities).
-    Hand-written rather than sklearn.roc_auc_score/roc_curve(sample_weight=...) per replicate
-    because one sort is shared by all replicates: on 20,000 detections x 200 replicates this
-    takes 0.25 s against 2.9 s for the sklearn loop (measured on the 2-core dev machine), and
-    the tests check it equals sklearn on the unweighted data.
+    Every statistic here (AUC with ties, FPR at a TPR, TPR at an FPR, rates at one
+    threshold) only needs where each bogus score falls among the K distinct real scores,
+    so the N detections reduce to sparse count matrices:
+    mp (n_obj, K), sparse: reals of object cluster o at real level k (levels descending);
+    mn (n_img, 2K+1): bogus of image cluster c in bin m, bins ordered from the top as
+    (above level 0, equal to level 0, between 0 and 1, equal to level 1, ..., below K-1);
+    ap (n_obj,), an (n_img,): reals / bogus with score >= threshold.
     """
-    levels, inv = np.unique(-scores, return_inverse=True)  # descending score levels
-    k = len(levels)
-    B = w.shape[0]
+
+    mp: sparse.csr_matrix
+    mn: sparse.csr_matrix
+    ap: np.ndarray
+    an: np.ndarray
+    n_levels: int
+
+
+def _layout(y: np.ndarray, s: np.ndarray, obj: np.ndarray, img: np.ndarray,
+            threshold: float) -> _ClusterLayout:
+    """Fold detections onto clusters. obj / img: (N,) cluster codes (used for reals / bogus)."""
     pos = y == 1
-    wp = np.zeros((B, k))
-    wn = np.zeros((B, k))
-    for b in range(B):  # bincount per replicate: O(N), no (B, N) sort
-        wp[b] = np.bincount(inv[pos], weights=w[b, pos], minlength=k)
-        wn[b] = np.bincount(inv[~pos], weights=w[b, ~pos], minlength=k)
-    P = wp.sum(1, keepdims=True)
-    Nn = wn.sum(1, keepdims=True)
+    obj_l, _ = pd.factorize(obj[pos], sort=True)
+    img_l, _ = pd.factorize(img[~pos], sort=True)
+    levels = np.unique(s[pos])[::-1]  # descending, K
+    k = len(levels)
+    asc = levels[::-1]
+    lvl_p = k - 1 - np.searchsorted(asc, s[pos])  # exact matches
+    sn = s[~pos]
+    n_greater = k - np.searchsorted(asc, sn, side="right")  # real levels strictly above
+    j = np.clip(k - 1 - np.searchsorted(asc, sn, side="left"), 0, max(k - 1, 0))
+    tie = levels[j] == sn  # callers guarantee K >= 1
+    bin_n = np.where(tie, 2 * j + 1, 2 * n_greater)
+    n_obj = obj_l.max() + 1 if len(obj_l) else 0
+    n_img = img_l.max() + 1 if len(img_l) else 0
+    mp = sparse.csr_matrix((np.ones(len(obj_l)), (obj_l, lvl_p)), shape=(n_obj, k))
+    mn = sparse.csr_matrix((np.ones(len(sn)), (img_l, bin_n)), shape=(n_img, 2 * k + 1))
+    ap = np.bincount(obj_l, weights=(s[pos] >= threshold), minlength=n_obj)
+    an = np.bincount(img_l, weights=(sn >= threshold), minlength=n_img)
+    return _ClusterLayout(mp=mp, mn=mn, ap=ap, an=an, n_levels=k)
+
+
+def _roc_from_counts(lay: _ClusterLayout, c_obj: np.ndarray, c_img: np.ndarray, *,
+                     tprs: tuple[float, ...], fprs: tuple[float, ...]) -> _RocCurves:
+    """ROC statistics for B weightings: c_obj (B, n_obj), c_img (B, n_img) cluster weights.
+
+    Hand-written rather than sklearn roc_auc_score/roc_curve(sample_weight=...) per
+    replicate: the detections are folded once onto the reals' score levels and each
+    replicate is one sparse product, so 1000 replicates of a 255,777-bogus / 363-real
+    night take ~2 s instead of ~4 min for the sklearn loop (measured on the 2-core dev
+    machine); the tests check it equals sklearn with sample weights, ties included.
+    """
+    k = lay.n_levels
+    B = c_obj.shape[0]
+    wp = np.asarray((lay.mp.T @ c_obj.T).T)  # (B, K)
+    wn = np.asarray((lay.mn.T @ c_img.T).T)  # (B, 2K+1)
+    P = wp.sum(1)
+    Nn = wn.sum(1)
+    cum_p = np.cumsum(wp, axis=1)
+    cum_n = np.cumsum(wn, axis=1)[:, 1::2]  # bogus >= level k, (B, K)
+    equal = wn[:, 1::2]
     with np.errstate(invalid="ignore", divide="ignore"):
-        cum_p = np.cumsum(wp, axis=1)  # weight of positives with score >= level
-        cum_n = np.cumsum(wn, axis=1)
-        neg_below = Nn - cum_n  # negatives strictly below the level
-        auc = ((wp * (neg_below + 0.5 * wn)).sum(1, keepdims=True) / (P * Nn))[:, 0]
-        tpr = cum_p / P
-        fpr = cum_n / Nn
+        below = Nn[:, None] - cum_n
+        auc = (wp * (below + 0.5 * equal)).sum(1) / (P * Nn)
+        tpr = cum_p / P[:, None]
+        fpr = cum_n / Nn[:, None]
+        rows = np.arange(B)
         fpr_at = {}
         for t in tprs:
             reach = tpr >= t - 1e-12
             first = np.argmax(reach, axis=1)
-            fpr_at[t] = np.where(reach.any(1), fpr[np.arange(B), first], np.nan)
+            fpr_at[t] = np.where(reach.any(1), fpr[rows, first], np.nan)
         tpr_at = {}
         for f in fprs:
             ok = fpr <= f + 1e-15
-            # tpr is non-decreasing along levels, so the best is the last allowed level
+            # tpr grows along the levels and fpr too: the best allowed is the last one
             last = k - 1 - np.argmax(ok[:, ::-1], axis=1)
-            tpr_at[f] = np.where(ok.any(1), tpr[np.arange(B), last], 0.0)
-        above = scores >= threshold
-        tp = (w[:, above & pos]).sum(1)
-        fp = (w[:, above & ~pos]).sum(1)
-        recall = tp / P[:, 0]
+            tpr_at[f] = np.where(ok.any(1), tpr[rows, last], 0.0)
+        tp = c_obj @ lay.ap
+        fp = c_img @ lay.an
+        recall = tp / P
         precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1e-300), np.nan)
     return _RocCurves(auc=auc, fpr_at_tpr=fpr_at, tpr_at_fpr=tpr_at, recall=recall,
                       precision=precision)
 
 
-def _cluster_weights(
-    y: np.ndarray, obj_codes: np.ndarray, img_codes: np.ndarray, n_boot: int,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """Bootstrap multiplicities (n_boot, N): reals' objects and bogus images resampled.
+def _cluster_counts(lay: _ClusterLayout, n_boot: int, rng: np.random.Generator
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap multiplicities of the reals' objects (n_boot, n_obj) and the bogus images
+    (n_boot, n_img). Each class is resampled on its own (stratified), as many clusters
+    drawn as it has, so both classes are present in every replicate."""
+    out = []
+    for m in (lay.mp.shape[0], lay.mn.shape[0]):
+        # multinomial(m, uniform) as counts of m uniform draws; measured 1.3x faster than
+        # rng.multinomial at m = 250,000 clusters (0.56 s vs 0.72 s for 20 replicates)
+        draws = rng.integers(0, m, size=(n_boot, m)) + (np.arange(n_boot) * m)[:, None]
+        out.append(np.bincount(draws.ravel(), minlength=n_boot * m).reshape(n_boot, m)
+                   .astype(float))
+    return out[0], out[1]
 
-    Each class is resampled separately (stratified), with as many clusters drawn as it
-    has, so both classes are present in every replicate.
-    """
-    n = len(y)
-    w = np.zeros((n_boot, n))
-    for cls, codes in ((1, obj_codes), (0, img_codes)):
-        idx = np.flatnonzero(y == cls)
-        if len(idx) == 0:
-            continue
-        local, _ = pd.factorize(codes[idx])
-        m = local.max() + 1
-        counts = rng.multinomial(m, np.full(m, 1.0 / m), size=n_boot)  # (n_boot, m)
-        w[:, idx] = counts[:, local]
-    return w
+
+def _chunk(lay: _ClusterLayout) -> int:
+    """Replicates per chunk: keeps the (chunk, n_clusters) arrays near 40 MB."""
+    size = lay.mp.shape[0] + lay.mn.shape[0] + 8 * lay.n_levels
+    return int(np.clip(5_000_000 // max(size, 1), 1, 100))
 
 
 def _interval(values: np.ndarray, level: float) -> list[float | None]:
@@ -416,16 +454,17 @@ def compute_metrics(
     return jsonable(res)
 
 
-def _bootstrap_curves(y, s, obj, img, opt: ValidationOptions, threshold: float,
-                      chunk: int = 50) -> _RocCurves:
+def _bootstrap_curves(y, s, obj, img, opt: ValidationOptions, threshold: float
+                      ) -> _RocCurves:
     """Cluster-bootstrap ROC statistics, (n_boot,) each, computed in chunks of replicates."""
     rng = np.random.default_rng(opt.seed)
+    lay = _layout(y, s, obj, img, threshold)
+    chunk = _chunk(lay)
     parts = []
     for start in range(0, opt.n_boot, chunk):
-        b = min(chunk, opt.n_boot - start)
-        w = _cluster_weights(y, obj, img, b, rng)
-        parts.append(_weighted_roc(y, s, w, tprs=(opt.target_tpr, opt.tpr_high),
-                                   fprs=(opt.fpr_target,), threshold=threshold))
+        c_obj, c_img = _cluster_counts(lay, min(chunk, opt.n_boot - start), rng)
+        parts.append(_roc_from_counts(lay, c_obj, c_img, tprs=(opt.target_tpr, opt.tpr_high),
+                                      fprs=(opt.fpr_target,)))
     cat = np.concatenate
     return _RocCurves(
         auc=cat([p.auc for p in parts]),
@@ -489,16 +528,19 @@ def paired_bootstrap(
     obj = _group_codes(groups_object, len(y))
     img = _group_codes(groups_image, len(y))
     rng = np.random.default_rng(opt.seed)
-    kw = dict(tprs=(opt.target_tpr,), fprs=(opt.fpr_target,), threshold=0.5)
+    kw = dict(tprs=(opt.target_tpr,), fprs=(opt.fpr_target,))
+    lay_a, lay_b = _layout(y, sa, obj, img, 0.5), _layout(y, sb, obj, img, 0.5)
     da, db = {"auc": [], "fpr": []}, {"auc": [], "fpr": []}
-    for start in range(0, opt.n_boot, 50):
-        w = _cluster_weights(y, obj, img, min(50, opt.n_boot - start), rng)
-        for store, s in ((da, sa), (db, sb)):
-            r = _weighted_roc(y, s, w, **kw)
+    chunk = _chunk(lay_a)
+    for start in range(0, opt.n_boot, chunk):
+        # one draw of cluster multiplicities, shared by both models (same clusters order)
+        c_obj, c_img = _cluster_counts(lay_a, min(chunk, opt.n_boot - start), rng)
+        for store, lay in ((da, lay_a), (db, lay_b)):
+            r = _roc_from_counts(lay, c_obj, c_img, **kw)
             store["auc"].append(r.auc)
             store["fpr"].append(r.fpr_at_tpr[opt.target_tpr])
-    full = np.ones((1, len(y)))
-    ra, rb = _weighted_roc(y, sa, full, **kw), _weighted_roc(y, sb, full, **kw)
+    ones = (np.ones((1, lay_a.mp.shape[0])), np.ones((1, lay_a.mn.shape[0])))
+    ra, rb = _roc_from_counts(lay_a, *ones, **kw), _roc_from_counts(lay_b, *ones, **kw)
     metrics = {}
     for key, name, va, vb in (
         ("auc", "auc", ra.auc[0], rb.auc[0]),

@@ -9,6 +9,15 @@ import torch.nn as nn
 from models.losses import LossConfig, cross_entropy, exp_cross_hinge, total_loss, vat_direction, vat_lds, _log_probs
 from models.networks import build_network
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: robust timings on a shared 2-core machine (oversubscription)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 
 def test_ech_equals_brute_force():
     g = torch.Generator().manual_seed(1)

@@ -8,6 +8,15 @@ from models.networks import (
     config_from_dict, config_to_dict, n_params, real_score_s, score,
 )
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: robust timings on a shared 2-core machine (oversubscription)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 
 def test_simple_parameter_counts():
     assert n_params(SimpleCNN(SimpleConfig())) == 234_177

@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from tasks.report import write_report
 from tasks.validation import (
-    OperatingPoint, ValidationOptions, _weighted_roc, apply_threshold, choose_threshold,
+    OperatingPoint, ValidationOptions, _layout, _roc_from_counts, apply_threshold, choose_threshold,
     compute_metrics, crossmatch_tns, efficiency, metrics_json, paired_bootstrap, validate,
 )
 
@@ -86,12 +86,18 @@ def test_weighted_roc_matches_sklearn_with_ties_and_weights():
     y = rng.integers(0, 2, 400)
     s = np.round(rng.normal(y * 1.0, 1.0) / 4, 1)  # many ties
     w = rng.integers(0, 4, (3, 400)).astype(float)
-    r = _weighted_roc(y, s, w, tprs=(0.9,), fprs=(0.1,), threshold=0.0)
+    idx = np.arange(400)  # every detection its own cluster: weights = multiplicities
+    lay = _layout(y, s, idx, idx, threshold=0.0)
+    r = _roc_from_counts(lay, w[:, y == 1], w[:, y == 0], tprs=(0.9,), fprs=(0.1,))
     for b in range(3):
         assert r.auc[b] == pytest.approx(roc_auc_score(y, s, sample_weight=w[b]))
         fpr, tpr, _ = roc_curve(y, s, sample_weight=w[b], drop_intermediate=False)
         assert r.fpr_at_tpr[0.9][b] == pytest.approx(fpr[tpr >= 0.9].min())
         assert r.tpr_at_fpr[0.1][b] == pytest.approx(tpr[fpr <= 0.1].max())
+        pred = s >= 0.0
+        tp, fp = w[b, pred & (y == 1)].sum(), w[b, pred & (y == 0)].sum()
+        assert r.recall[b] == pytest.approx(tp / w[b, y == 1].sum())
+        assert r.precision[b] == pytest.approx(tp / (tp + fp))
 
 
 def test_metrics_with_one_class_are_null_and_per_snr_bins():
