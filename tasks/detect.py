@@ -2,7 +2,8 @@
 
 Detection (:func:`detect`): ``sep.extract`` on the difference image with the per-pixel noise
 map as ``err`` and ``thresh`` (default 5) as a *relative* threshold, i.e. 5 sigma of the
-noise map after sep's default 3x3 matched filter; ``minarea`` (default 5) pixels. With
+noise map after sep's matched filter (the sensor's PSF when given, else sep's default 3x3
+kernel), i.e. with a PSF a 5-sigma PSF-fit detection; ``minarea`` (default 5) pixels. With
 ``negative`` the same is run on -diff and those rows get ``isdiffpos`` False (their ``flux``
 is measured on -diff, so it is positive). Positions are sep windowed centroids
 (``sep.winpos``, sigma = FWHM_psf / 2.355). Flux is a circular aperture sum (``sep.sum_circle``,
@@ -38,12 +39,28 @@ class DetectConfig(BaseModel):
     thresh: float = Field(5.0, gt=0, description="threshold in units of the noise map (sigma)")
     minarea: int = Field(5, ge=1, description="minimum number of pixels above threshold")
     deblend_cont: float = Field(0.005, gt=0, le=1, description="sep deblending contrast")
+    clean: bool = Field(
+        False, description="sep/SExtractor cleaning of wing detections; off: with the PSF "
+        "filter it dropped 1/3 of isolated injections (157 vs 233 detections, measured)")
     negative: bool = Field(True, description="also detect negative sources (on -diff)")
     aper_radius_fwhm: float = Field(1.5, gt=0, description="aperture radius in PSF FWHMs")
     default_fwhm_px: float = Field(3.0, gt=0, description="FWHM used when no PSF is given")
     match_radius_px: float = Field(2.0, gt=0, description="injection / truth match radius (px)")
     max_detections: int = Field(
         20000, ge=1, description="keep at most this many (highest S/N) per image")
+
+
+def _filter_kernel(psf: PSFResult | None) -> np.ndarray:
+    """sep's matched filter: the sensor's PSF (2 ceil(FWHM) + 1 px square) when known, so that
+    the threshold is in units of the PSF-fit S/N (with sep's default 3x3 kernel a source at
+    PSF S/N 5 stays undetected: completeness fell ~1 mag brighter than the 5-sigma depth);
+    else sep's default 3x3 kernel."""
+    if psf is None:
+        return np.array([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]])
+    r = int(np.ceil(psf.fwhm_px))
+    h = psf.half_size
+    box = psf.footprints([0.0], [0.0])[0][0][h - r:h + r + 1, h - r:h + r + 1]
+    return np.ascontiguousarray(np.clip(box, 0, None) / box.sum())
 
 
 def psf_flux(data: np.ndarray, err: np.ndarray, bad: np.ndarray, psf: PSFResult, x, y,
@@ -81,8 +98,10 @@ def psf_flux(data: np.ndarray, err: np.ndarray, bad: np.ndarray, psf: PSFResult,
 
 
 def _extract(data, err, bad, config, radius, sig, gain, psf=None):
+    kernel = _filter_kernel(psf)
     objs = sep.extract(data, config.thresh, err=err, mask=bad, minarea=config.minarea,
-                       deblend_cont=config.deblend_cont)
+                       deblend_cont=config.deblend_cont, filter_kernel=kernel,
+                       clean=config.clean)
     if len(objs) == 0:
         return pd.DataFrame({c: [] for c in DETECT_COLUMNS[1:]})
     # windowed centroid started at the filtered peak (the barycentre of an isophote merged

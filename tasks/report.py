@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
-from tasks.validation import ValidationResult, jsonable, metrics_json
+from tasks.validation import ValidationResult, metrics_json
 
 _FIG_SIZE = (6.0, 4.2)
 
@@ -321,4 +321,4 @@ def write_report(result: ValidationResult, out_dir: str | Path, *, title: str,
 
 
 __all__ = ["roc_figure", "score_histogram_figure", "threshold_figure", "efficiency_figure",
-           "write_report", "jsonable"]
+           "write_report"]

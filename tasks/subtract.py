@@ -17,8 +17,10 @@ Steps of :func:`subtract`:
    sigma clipping of stamps (transients and variables drop out). With too few stars the
    kernel falls back to a Gaussian of width sqrt(sigma_worse^2 - sigma_better^2).
 4. Difference = new - matched ref (always new minus ref); 1-sigma noise from both
-   images' Poisson (through gain) and read-noise variances, the convolved image's
-   variance convolved with the squared kernel.
+   images' variances -- sky (the larger of the measured background rms^2 and
+   background / gain + (read noise / gain)^2, so sky-subtracted inputs work) plus the
+   sources' Poisson term through the gain -- the convolved image's variance convolved
+   with the squared kernel.
 5. NaN, zero-filled, masked or saturated pixels (and, for the convolved image, pixels
    within a kernel half-width of them) are masked: ``mask`` True, ``diff = noise = 0``.
 """
@@ -168,9 +170,21 @@ def _background(img: np.ndarray, bad: np.ndarray, box: int):
     return bkg.back().astype(np.float64), float(bkg.globalrms)
 
 
+def _variance(raw: np.ndarray, bkg: np.ndarray, sky_rms, gain: float, read_noise: float) -> np.ndarray:
+    """Per-pixel variance (ADU^2): sky term + Poisson of the sources through the gain.
+
+    The sky term is the larger of the measured background variance and the one predicted
+    from the background level (bkg / gain + (read_noise / gain)^2), so that sky-subtracted
+    images (background ~ 0) still get their sky noise.
+    """
+    sky = np.maximum(np.asarray(sky_rms, float) ** 2, np.clip(bkg, 0, None) / gain + (read_noise / gain) ** 2)
+    return sky + np.clip(raw - bkg, 0, None) / gain
+
+
 def _detect(sub: np.ndarray, bad: np.ndarray, rms: float, thresh: float):
     data = np.ascontiguousarray(np.where(bad, 0.0, sub), dtype=np.float32)
-    sep.set_extract_pixstack(max(300000, data.size // 4))
+    if sep.get_extract_pixstack() < data.size // 4:  # crowded images need a larger pixel stack
+        sep.set_extract_pixstack(data.size // 4)
     obj = sep.extract(data, thresh, err=rms, mask=bad, minarea=5)
     return obj, data
 
@@ -292,8 +306,9 @@ def subtract(
     r0 = np.where(bad_ref_al, 0.0, ref_aligned - bkg_ref_al)
     raw_new = np.where(bad_new, bkg_new, new)
     raw_ref = np.where(bad_ref_al, bkg_ref_al, ref_aligned)
-    var_new = np.clip(raw_new, 0, None) / gain_new + (read_noise_new / gain_new) ** 2
-    var_ref = np.clip(raw_ref, 0, None) / gain_ref + (read_noise_ref / gain_ref) ** 2
+    var_new = _variance(raw_new, bkg_new, rms_new, gain_new, read_noise_new)
+    # the ref's sky rms is measured before resampling (interpolation smooths the noise)
+    var_ref = _variance(raw_ref, bkg_ref_al, rms_ref, gain_ref, read_noise_ref)
     A, B = (r0, n0) if conv_ref else (n0, r0)
     var_A, var_B = (var_ref, var_new) if conv_ref else (var_new, var_ref)
     bad_A, bad_B = (bad_ref_al, bad_new) if conv_ref else (bad_new, bad_ref_al)

@@ -16,7 +16,7 @@ from scipy.spatial import cKDTree
 
 from storage.fits_io import HeaderKeys, image_meta_from_header, read_image_fits, wcs_from_header, write_image_fits
 from storage.survey import (finalize_survey, read_catalog, read_manifest, read_truth, simulate_survey,
-                            write_field_sensor, write_truth_part)
+                            write_field_sensor)
 from tasks.simulate import (PRESETS, SurveyConfig, exposure_id, get_preset, make_tns_list,
                             simulate_field_sensor)
 

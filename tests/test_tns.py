@@ -87,3 +87,21 @@ def test_file_without_tns_columns_names_file_and_columns(tmp_path):
         read_tns(path)
     with pytest.raises(FileNotFoundError, match="nope.csv"):
         read_tns(tmp_path / "nope.csv")
+
+
+def test_crossmatch_against_real_catalogue_finds_planted_detections():
+    _need(SEARCH)
+    from tasks.validation import crossmatch_tns
+
+    tns = read_tns(SEARCH).objects
+    pick = tns.iloc[[10, 500, 4000]]
+    det = pd.DataFrame({
+        "ra": np.r_[pick["ra_deg"], pick["ra_deg"].iloc[0]],
+        "dec": np.r_[pick["dec_deg"] + 0.5 / 3600, pick["dec_deg"].iloc[0] + 5 / 3600],
+        "mjd": np.r_[pick["discovery_mjd"] + 3.0, pick["discovery_mjd"].iloc[0]],
+    })
+    det.loc[2, "mjd"] += 500  # long after discovery: excluded
+    xm = crossmatch_tns(det, tns)
+    assert xm["val_class"].tolist() == [1, 1, -1, 0]
+    assert xm["tns_name"].iloc[:3].tolist() == pick["name"].tolist()
+    assert xm["tns_sep_arcsec"].iloc[:3].to_numpy() == pytest.approx(0.5, abs=1e-3)

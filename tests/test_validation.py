@@ -104,6 +104,10 @@ def test_metrics_with_one_class_are_null_and_per_snr_bins():
     m = compute_metrics(np.zeros(5, int), np.linspace(0, 1, 5), threshold=0.5,
                         options=ValidationOptions(n_boot=10))
     assert m["auc"] is None and m["auc_ci"] == [None, None] and m["n_bogus"] == 5
+    with pytest.raises(ValueError, match="non-finite"):
+        compute_metrics(np.array([0, 1]), np.array([0.1, np.nan]))
+    with pytest.raises(ValueError, match="groups length"):
+        compute_metrics(np.array([0, 1]), np.array([0.1, 0.9]), groups_image=["a"])
     rng = np.random.default_rng(0)
     y = np.r_[np.ones(30, int), np.zeros(60, int)]
     s = np.clip(rng.normal(0.3 + 0.4 * y, 0.2), 0, 1)
