@@ -6,8 +6,8 @@ Writes a synthetic dataset directory (chunks of 1024, uncompressed, as the build
 writes them) into a temporary folder, then for each network measures:
   - loader only: stamps/s of one shuffled StampDataset epoch with no model;
   - train (zarr) / train (memory): one training epoch through StampDataset vs from arrays
-    already in memory (``TrainConfig.in_memory``), after a warm-up epoch; loader cost =
-    1 - zarr / memory;
+    already in memory (``TrainConfig.in_memory``), after a warm-up epoch, alternated
+    ``--repeats`` times (medians); loader cost = 1 - zarr / memory;
   - train with VAT (l_lds > 0, one power iteration), through the loader;
   - inference: the exported ``model.pt2`` through ``score_stamps`` (batch 1024), and eager.
 CUDA rows are added when torch.cuda.is_available(). Prints a table, writes JSON.
@@ -105,6 +105,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--complex-widths", default="32,64,128", help="SE-ResNet stage widths")
+    ap.add_argument("--repeats", type=int, default=3, help="alternating zarr/memory repeats (median)")
     ap.add_argument("--no-vat", action="store_true", help="skip the VAT rows")
     ap.add_argument("--out", type=Path, default=None, help="JSON output path")
     a = ap.parse_args(argv)
@@ -124,8 +125,12 @@ def main(argv=None) -> dict:
         for name, cfg in nets.items():
             for dev in devices:
                 row = {"network": name, "device": dev, "loader_only": loader_only}
-                row["train_zarr"] = train_rate(cfg, src, dev, False, ce, a.batch, a.threads)
-                row["train_memory"] = train_rate(cfg, src, dev, True, ce, a.batch, a.threads)
+                zr, mr = [], []
+                for _ in range(a.repeats):  # alternate, so load drifts hit both alike
+                    zr.append(train_rate(cfg, src, dev, False, ce, a.batch, a.threads))
+                    mr.append(train_rate(cfg, src, dev, True, ce, a.batch, a.threads))
+                row["train_zarr"], row["train_memory"] = float(np.median(zr)), float(np.median(mr))
+                row["train_zarr_all"], row["train_memory_all"] = zr, mr
                 row["loader_cost"] = 1 - row["train_zarr"] / row["train_memory"]
                 if not a.no_vat:
                     row["train_vat_zarr"] = train_rate(cfg, src, dev, False, vat, a.batch, a.threads)
@@ -144,7 +149,7 @@ def main(argv=None) -> dict:
         print("| " + " | ".join(cells) + " |")
     print(f"loader alone (no model): {loader_only:,.0f} stamps/s")
     result = {
-        "n": a.n, "batch": a.batch, "threads": a.threads, "torch": torch.__version__,
+        "n": a.n, "batch": a.batch, "repeats": a.repeats, "threads": a.threads, "torch": torch.__version__,
         "machine": platform.machine(), "cpu_count": __import__("os").cpu_count(),
         "complex_widths": list(nets["complex"].widths), "rows": rows, "units": "stamps/s",
     }

@@ -19,8 +19,7 @@ from flows.options import DEFAULT_NIGHT, BuildOptions
 from flows.runner import make_task_runner
 from flows.simulate import submit_simulation
 from storage.sensor_io import jobs_from_manifest, run_sensor_job
-from storage.stampstore import (clean_temporaries, dataset_lock, join_parts, pending_keys,
-                                read_ledger, read_part)
+from storage.stampstore import clean_temporaries, dataset_lock, join_parts, pending_keys, read_ledger
 from tasks.types import FLAG_MEANINGS
 
 sensor_task = task(run_sensor_job, name="build-sensor", retries=1, retry_delay_seconds=1)
@@ -50,6 +49,7 @@ def build_dataset(options: BuildOptions) -> dict:
         cfg_json = sensor_config_json(options.config)
         jobs = jobs_from_manifest(manifest, out, night=night, inject=options.inject, seed=options.seed,
                                   tns=options.tns, config_json=cfg_json, max_sensors=options.max_sensors)
+        night = night or ",".join(sorted({j.night for j in jobs}))
         clean_temporaries(out)
         todo_keys = set(j.key for j in jobs) if options.force else set(pending_keys(out, [j.key for j in jobs]))
         todo = [j for j in jobs if j.key in todo_keys]
@@ -102,7 +102,9 @@ def _publish_summary(out: Path, summary: dict) -> None:
     rows += [{"what": f"true_class={k}", "value": v} for k, v in counts.get("true_class", {}).items()]
     publish_table(f"dataset-summary-{summary['night']}", rows, f"dataset {out} ({summary['content_hash'][:12]})")
     psf_rows = []
-    for key in sorted(p.name for p in (out / "parts").iterdir() if not p.name.startswith(".")):
+    parts = sorted(p.name for p in (out / "parts").iterdir() if not p.name.startswith(".")) \
+        if (out / "parts").exists() else []
+    for key in parts:
         pj = out / "parts" / key / "part.json"
         if pj.exists():
             m = json.loads(pj.read_text()).get("meta", {})

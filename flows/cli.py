@@ -87,17 +87,18 @@ def main(argv: list[str] | None = None) -> int:
             loc = ".".join(str(x) for x in err["loc"]) or "options"
             print(f"  --{loc.replace('_', '-')}: {err['msg']}", file=sys.stderr)
         return 2
-    from flows.settings import configure_environment
+    from flows.settings import PrefectUnavailable, configure_environment, prefect_session
     configure_environment()
     try:
-        _load(entry)(opts)
+        with prefect_session():
+            _load(entry)(opts)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # a clear one-line error; the traceback is in the Prefect logs
         from storage.stampstore import StoreError
         print(f"rbflow {args.command}: error: {e}", file=sys.stderr)
-        if not isinstance(e, (StoreError, FileNotFoundError, ValueError)):
+        if not isinstance(e, (StoreError, FileNotFoundError, ValueError, PrefectUnavailable)):
             raise
         return 1
     return 0

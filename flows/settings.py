@@ -1,9 +1,11 @@
-"""Process-wide settings applied at the entry point (before Prefect is imported)."""
+"""Process-wide settings applied at the entry point (before flows run)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 DEFAULTS = {
     # no telemetry (../shared/stack.md)
@@ -12,9 +14,12 @@ DEFAULTS = {
     # the older UI makes no outside requests
     "PREFECT_SERVER_UI_V2_ENABLED": "false",
     "PREFECT_LOGGING_LEVEL": "INFO",
-    # quieter CLI: Prefect's own progress lines stay in the logs/UI
-    "PREFECT_LOGGING_LOG_PRINTS": "true",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
+
+
+class PrefectUnavailable(RuntimeError):
+    """The configured Prefect server does not answer."""
 
 
 def data_home() -> Path:
@@ -25,5 +30,44 @@ def data_home() -> Path:
 def configure_environment() -> None:
     for k, v in DEFAULTS.items():
         os.environ.setdefault(k, v)
-    home = data_home()
-    os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(home / "results"))
+    os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(data_home() / "results"))
+
+
+def check_server(url: str, timeout: float = 5.0) -> None:
+    """Raise a clear error naming the URL when a configured server does not answer."""
+    import httpx
+    try:
+        r = httpx.get(url.rstrip("/") + "/health", timeout=timeout)
+        r.raise_for_status()
+    except Exception as e:
+        raise PrefectUnavailable(
+            f"the configured Prefect server at {url} does not answer ({type(e).__name__}: {e}). "
+            "Start it (rbflow server start), fix PREFECT_API_URL, or unset it to run in ephemeral mode."
+        ) from None
+
+
+@contextlib.contextmanager
+def prefect_session() -> Iterator[str]:
+    """The Prefect API every process of this run talks to.
+
+    A configured server (PREFECT_API_URL) is checked first. Without one, one temporary
+    local server is started for the whole run (what Prefect's ephemeral mode does), and its
+    URL is put in the settings and the environment so that Dask worker processes report to
+    it instead of each starting an ephemeral server of their own.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    url = PREFECT_API_URL.value()
+    if url:
+        check_server(url)
+        yield url
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+    server = SubprocessASGIServer()
+    server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")))
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()

@@ -9,7 +9,6 @@ a forked RNG (the caller's global torch RNG is left untouched); shuffling comes 
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from contextlib import contextmanager
@@ -18,7 +17,6 @@ from typing import Callable, Iterator, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import roc_auc_score
 

@@ -97,10 +97,10 @@ def process_sensor_files(job: SensorJob):
         id_prefix=f"{job.night}/{job.exposure}/{job.sensor}/",
     )
     table = result.table.copy()
-    table.insert(0, "stamp_id", [stamp_id(job.night, job.exposure, job.sensor, d) for d in table["det_id"]])
-    table.insert(1, "night", job.night)
-    table.insert(2, "exposure", str(job.exposure))
-    table.insert(3, "sensor", str(job.sensor))
+    table["stamp_id"] = [stamp_id(job.night, job.exposure, job.sensor, d) for d in table["det_id"]]
+    table["night"] = job.night
+    table["exposure"] = str(job.exposure)
+    table["sensor"] = str(job.sensor)
     for col in STAMP_COLUMNS:
         if col not in table:
             table[col] = None

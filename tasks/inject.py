@@ -38,8 +38,8 @@ class InjectConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    n_host: int = Field(50, ge=0, description="injections around catalogue hosts per sensor")
-    n_hostless: int = Field(50, ge=0, description="injections uniform over the sensor")
+    n_host: int = Field(40, ge=0, description="injections around catalogue hosts per sensor")
+    n_hostless: int = Field(40, ge=0, description="injections uniform over the sensor")
     mag_bright: float = Field(15.0, description="brightest magnitude (without limiting_mag)")
     mag_faint: float = Field(21.0, description="faintest magnitude (without limiting_mag)")
     bright_range: float = Field(
@@ -48,6 +48,9 @@ class InjectConfig(BaseModel):
         1.0, ge=0, description="with limiting_mag: faintest = limiting_mag + beyond_limit")
     edge_px: int = Field(16, ge=0, description="keep injections this far from the border (px)")
     mask_margin_px: int = Field(3, ge=0, description="and this far from masked pixels (px)")
+    min_separation_px: float = Field(
+        8.0, ge=0, description="an injection closer than this to an earlier one is dropped "
+        "(two blended fakes would give one detection two labels)")
     min_r_half_px: float = Field(
         0.5, gt=0, description="floor on a host's r_half (px) for the offset scale")
 
@@ -81,6 +84,19 @@ def usable_area(shape: tuple[int, int], mask: np.ndarray | None, edge_px: int,
             bad = ndimage.binary_dilation(bad, iterations=mask_margin_px)
         ok &= ~bad
     return ok
+
+
+def _thin(x: np.ndarray, y: np.ndarray, min_sep: float) -> np.ndarray:
+    """Greedy, order-preserving thinning: keep a point unless an earlier kept one is closer than min_sep."""
+    keep = np.ones(len(x), bool)
+    if min_sep <= 0 or len(x) < 2:
+        return keep
+    from scipy.spatial import cKDTree
+    tree = cKDTree(np.column_stack([x, y]))
+    for i, j in sorted(tree.query_pairs(min_sep)):
+        if keep[i] and keep[j]:
+            keep[j] = False  # j > i: the later one goes
+    return keep
 
 
 def plan_injections(*, shape: tuple[int, int], hosts: pd.DataFrame | None,
@@ -119,7 +135,7 @@ def plan_injections(*, shape: tuple[int, int], hosts: pd.DataFrame | None,
         if len(h):
             ids = (h["host_id"] if "host_id" in h else h["id"] if "id" in h
                    else pd.Series(h.index, index=h.index)).astype(str).to_numpy(object)
-            pick = rng.integers(0, len(h), config.n_host)
+            pick = rng.choice(len(h), config.n_host, replace=len(h) < config.n_host)
             cx, cy = h["x"].to_numpy(float)[pick], h["y"].to_numpy(float)[pick]
             scale = np.maximum(h["r_half_px"].to_numpy(float)[pick],
                                config.min_r_half_px) / EXP_DISK_RHALF_OVER_H
@@ -148,6 +164,11 @@ def plan_injections(*, shape: tuple[int, int], hosts: pd.DataFrame | None,
 
     x = np.concatenate([hx, ux])
     y = np.concatenate([hy, uy])
+    keep = _thin(x, y, config.min_separation_px)
+    x, y = x[keep], y[keep]
+    hoff, hid = hoff[keep[:len(hx)]], np.asarray(hid)[keep[:len(hx)]] if len(hid) else hid
+    ux = ux[keep[len(hx):]]
+    hx = hx[keep[:len(hx)]]
     n = len(x)
     if limiting_mag is not None:
         lo, hi = limiting_mag - config.bright_range, limiting_mag + config.beyond_limit

@@ -243,7 +243,7 @@ def _fit_moffat(data: np.ndarray, oversampling: int, size: int) -> np.ndarray | 
     return img * oversampling**2 / img.sum()
 
 
-def _select_stars(data, bad, rms, meta, config, relaxed=False):
+def _select_stars(data, bad, rms, level, meta, config, relaxed=False):
     """Candidate PSF stars: structured sep rows passing the cuts (sorted bright first)."""
     objs = sep.extract(data, config.detect_thresh, err=rms, mask=bad, minarea=5)
     if len(objs) == 0:
@@ -260,8 +260,7 @@ def _select_stars(data, bad, rms, meta, config, relaxed=False):
     bkg_peak = objs["peak"]
     if np.isfinite(meta.saturation):
         # peak is on the background-subtracted image; compare the raw level
-        ok &= (bkg_peak + (meta.extra.get("_bkg_level", 0.0))) < (
-            config.saturation_fraction * meta.saturation)
+        ok &= (bkg_peak + level) < config.saturation_fraction * meta.saturation
     # off masks: no bad pixel in the box (summed-area table)
     sat = np.pad(np.cumsum(np.cumsum(bad, 0), 1), ((1, 0), (1, 0)))
     y0, y1 = np.clip(iy - half, 0, ny), np.clip(iy + half + 1, 0, ny)
@@ -310,9 +309,8 @@ def build_psf(image: np.ndarray, *, mask: np.ndarray | None = None,
     data = data - bkg.back()
     data[bad] = 0.0
     rms = bkg.rms()
-    meta_l = ImageMeta(**{**meta.__dict__, "extra": {**meta.extra, "_bkg_level": level}})
     os_ = config.oversampling
-    stars = _select_stars(data, bad, rms, meta_l, config)
+    stars = _select_stars(data, bad, rms, level, meta, config)
     flags: list[str] = []
     half = config.box_size // 2
     if len(stars) >= config.min_stars:
@@ -348,7 +346,7 @@ def build_psf(image: np.ndarray, *, mask: np.ndarray | None = None,
 
     # --- fallback: analytic Moffat ---
     flags.append("few_stars")
-    relaxed = _select_stars(data, bad, rms, meta_l, config, relaxed=True)[:5]
+    relaxed = _select_stars(data, bad, rms, level, meta, config, relaxed=True)[:5]
     epsf_img = None
     if len(relaxed):
         cuts = [data[int(round(o["y"])) - half: int(round(o["y"])) + half + 1,

@@ -49,8 +49,8 @@ class SensorConfig(BaseModel):
 
 @dataclass(frozen=True)
 class SensorResult:
-    """stamps: (n, 3, 29, 29) float32 (new, ref, sub); table: n rows (STAMP_COLUMNS except
-    stamp_id/night/exposure/sensor which the caller may add, plus extras); injections: the
+    """stamps: (n, 3, 29, 29) float32 (new, ref, sub); table: n rows, STAMP_COLUMNS (stamp_id =
+    night/exposure/sensor/det_id from new_meta) plus extras; injections: the
     plan with ``flux_realised`` and ``detected``; psf; subtraction_diagnostics; timings (s)."""
 
     stamps: np.ndarray
@@ -226,8 +226,12 @@ def process_sensor(new: np.ndarray, ref: np.ndarray, *, new_header, ref_header,
     flux = det["flux"].to_numpy(float)
     with np.errstate(divide="ignore", invalid="ignore"):
         mag = np.where(flux > 0, new_meta.zeropoint - 2.5 * np.log10(flux), np.nan)
+    det_ids = det["det_id"].to_numpy(np.int64)
+    m = new_meta
     table = pd.DataFrame({
-        "det_id": det["det_id"].to_numpy(np.int64), "x": det["x"], "y": det["y"],
+        "stamp_id": [f"{m.night}/{m.exposure}/{m.sensor}/{i}" for i in det_ids],
+        "night": m.night, "exposure": m.exposure, "sensor": m.sensor,
+        "det_id": det_ids, "x": det["x"], "y": det["y"],
         "ra": det["ra"], "dec": det["dec"], "mjd": np.full(len(det), new_meta.mjd),
         "isdiffpos": det["isdiffpos"].astype(bool), "snr": det["snr"], "mag": mag,
         "flux": flux, "flux_err": det["flux_err"], "label": det["label"].astype(np.int8),

@@ -152,8 +152,11 @@ class SurveyConfig(BaseModel):
 
 
 PRESETS: dict[str, SurveyConfig] = {
-    # small and fast for tests / CI: 2 fields x 4 sensors x 2 visits of 512x512 px
-    "ci": SurveyConfig(name="ci"),
+    # small and fast for tests / CI and the demo: 2 fields x 6 sensors x 2 visits of 512x512 px,
+    # with artifact rates raised (not realistic) so that bogus are plentiful in a small demo
+    "ci": SurveyConfig(name="ci", n_sensors=6, cosmic_ray_rate=15.0, hot_pixel_rate=10.0,
+                       bad_column_rate=2.0, supernova_rate=3.0, hostless_rate=1.5, variable_rate=2.0,
+                       asteroid_rate=1.0),
     # Tomo-e Gozen: 84 CMOS sensors 2000x1128 px at 1.19"/px, no filter, limit ~18 mag
     # (6 s stacks), Kiso seeing ~3-5". Zero point chosen so an 18 mag star has S/N ~ 5 at 4".
     "tomoe": SurveyConfig(

@@ -36,7 +36,7 @@ def test_plan_host_and_hostless_placement():
     hosts = pd.DataFrame({"x": [100.0, 400.0, 120.0], "y": [200.0, 100.0, 300.0],
                           "r_half_px": [4.0, 6.0, 2.0], "extended": [True, True, False],
                           "host_id": ["g1", "g2", "star"]})
-    cfg = InjectConfig(n_host=400, n_hostless=400, edge_px=16, mask_margin_px=3)
+    cfg = InjectConfig(n_host=400, n_hostless=400, edge_px=16, mask_margin_px=3, min_separation_px=0)
     plan = plan_injections(shape=shape, hosts=hosts, mask=mask, wcs=_wcs(shape), meta=META,
                            config=cfg, seed=5, id_prefix="n/e/s/")
     assert list(plan["injection_id"][:2]) == ["n/e/s/0", "n/e/s/1"]
@@ -65,7 +65,8 @@ def test_plan_host_and_hostless_placement():
 
 def test_plan_magnitudes_reach_below_limit_and_is_deterministic():
     kw = dict(shape=(200, 200), hosts=None, mask=None, wcs=None, meta=META,
-              config=InjectConfig(n_host=5, n_hostless=300), seed=9, limiting_mag=20.0)
+              config=InjectConfig(n_host=5, n_hostless=300, min_separation_px=0), seed=9,
+              limiting_mag=20.0)
     a = plan_injections(**kw)
     b = plan_injections(**kw)
     pd.testing.assert_frame_equal(a, b)
@@ -113,3 +114,13 @@ def test_config_and_input_validation():
     with pytest.raises(ValueError, match="gain"):
         inject(np.zeros((10, 10)), _psf(), pd.DataFrame({"x": [], "y": [], "flux_adu": []}),
                gain=0)
+
+
+def test_plan_keeps_injections_apart():
+    hosts = pd.DataFrame({"x": [100.0], "y": [100.0], "r_half_px": [3.0], "extended": [True]})
+    plan = plan_injections(shape=(200, 200), hosts=hosts, mask=None, wcs=None, meta=META,
+                           config=InjectConfig(n_host=30, n_hostless=30, min_separation_px=8), seed=1)
+    from scipy.spatial.distance import pdist
+    assert 0 < len(plan) < 60
+    assert pdist(plan[["x", "y"]].to_numpy()).min() >= 8
+    assert plan["injection_id"].is_unique
