@@ -9,7 +9,8 @@ writes them) into a temporary folder, then for each network measures:
     already in memory (``TrainConfig.in_memory``), after a warm-up epoch, alternated
     ``--repeats`` times (medians); loader cost = 1 - zarr / memory;
   - train with VAT (l_lds > 0, one power iteration), through the loader;
-  - inference: the exported ``model.pt2`` through ``score_stamps`` (batch 1024), and eager.
+  - inference: the exported ``model.pt2`` through ``score_stamps`` (``--infer-batch``), and
+    eager (batch 4096 on CUDA).
 CUDA rows are added when torch.cuda.is_available(). Prints a table, writes JSON.
 """
 
@@ -72,7 +73,7 @@ def loader_rate(src, batch) -> float:
     return n / (time.perf_counter() - t)
 
 
-def infer_rates(net_cfg, x, tmp: Path, device: str) -> dict:
+def infer_rates(net_cfg, x, tmp: Path, device: str, batch: int) -> dict:
     torch.manual_seed(0)
     model = network_from_config(net_cfg).eval()
     out = {}
@@ -80,19 +81,19 @@ def infer_rates(net_cfg, x, tmp: Path, device: str) -> dict:
         d = export_model(model, tmp / f"model_{net_cfg.kind}", net_config=net_cfg,
                          train_config=TrainConfig(), meta={})
         prog = load_exported(d)
-        score_stamps(prog, x[:1024])  # warm-up
+        score_stamps(prog, x[:batch], batch_size=batch)  # warm-up
         t = time.perf_counter()
-        score_stamps(prog, x, batch_size=1024)
+        score_stamps(prog, x, batch_size=batch)
         out["infer_exported"] = len(x) / (time.perf_counter() - t)
     wrapper = ExportWrapper(model).to(device)
     with torch.no_grad():
-        xt = torch.from_numpy(x[:1024]).to(device)
+        xt = torch.from_numpy(x[:batch]).to(device)
         wrapper(xt)
         if device == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        for b in range(0, len(x), 1024):
-            wrapper(torch.from_numpy(x[b : b + 1024]).to(device)).cpu()
+        for b in range(0, len(x), batch):
+            wrapper(torch.from_numpy(x[b : b + batch]).to(device)).cpu()
         if device == "cuda":
             torch.cuda.synchronize()
         out["infer_eager"] = len(x) / (time.perf_counter() - t)
@@ -103,6 +104,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=4096, help="stamps in the synthetic dataset")
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--infer-batch", type=int, default=128, help="CPU inference batch (larger is slower on CPU)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--complex-widths", default="32,64,128", help="SE-ResNet stage widths")
     ap.add_argument("--repeats", type=int, default=3, help="alternating zarr/memory repeats (median)")
@@ -134,7 +136,7 @@ def main(argv=None) -> dict:
                 row["loader_cost"] = 1 - row["train_zarr"] / row["train_memory"]
                 if not a.no_vat:
                     row["train_vat_zarr"] = train_rate(cfg, src, dev, False, vat, a.batch, a.threads)
-                row.update(infer_rates(cfg, x, tmp, dev))
+                row.update(infer_rates(cfg, x, tmp, dev, a.infer_batch if dev == "cpu" else 4096))
                 rows.append(row)
                 print(row, file=sys.stderr)
     cols = ["network", "device", "train_zarr", "train_memory", "loader_cost", "train_vat_zarr",
@@ -149,7 +151,7 @@ def main(argv=None) -> dict:
         print("| " + " | ".join(cells) + " |")
     print(f"loader alone (no model): {loader_only:,.0f} stamps/s")
     result = {
-        "n": a.n, "batch": a.batch, "repeats": a.repeats, "threads": a.threads, "torch": torch.__version__,
+        "n": a.n, "batch": a.batch, "infer_batch": a.infer_batch, "repeats": a.repeats, "threads": a.threads, "torch": torch.__version__,
         "machine": platform.machine(), "cpu_count": __import__("os").cpu_count(),
         "complex_widths": list(nets["complex"].widths), "rows": rows, "units": "stamps/s",
     }

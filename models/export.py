@@ -107,7 +107,7 @@ def load_exported(path: str | Path) -> Callable[[torch.Tensor], torch.Tensor]:
     return torch.export.load(p).module()
 
 
-def score_stamps(program: Callable, stamps: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+def score_stamps(program: Callable, stamps: np.ndarray, batch_size: int = 128) -> np.ndarray:
     """P(real) (N,) float64 for raw stamps (N, 3, 29, 29)."""
     stamps = np.asarray(stamps)
     if stamps.ndim != 4 or stamps.shape[1:] != (len(CHANNELS), STAMP_SIZE, STAMP_SIZE):

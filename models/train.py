@@ -52,7 +52,7 @@ class TrainConfig(BaseModel):
     )
     grad_clip: float | None = Field(None, gt=0.0, description="max gradient norm (None = no clipping)")
     deterministic: bool = Field(True, description="torch.use_deterministic_algorithms during training")
-    eval_batch_size: int = Field(1024, ge=1, description="batch size for validation and prediction")
+    eval_batch_size: int = Field(128, ge=1, description="batch size for validation and prediction")
 
 
 @dataclass(frozen=True)
@@ -253,10 +253,14 @@ def predict(
     model_or_state: RBNet | dict,
     net_config: NetConfig | None,
     source: StampSource,
-    batch_size: int = 1024,
+    batch_size: int = 128,
     device: str = "cpu",
 ) -> np.ndarray:
-    """P(real) (n,) float64 for every selected stamp, in selection order (eval mode)."""
+    """P(real) (n,) float64 for every selected stamp, in selection order (eval mode).
+
+    batch_size 128: on CPU larger batches are slower (SE-ResNet 32/64/128, 1 thread:
+    576 stamps/s at 128, 197 at 1024; Simple: 2630 at 128, 1890 at 1024); on CUDA pass more.
+    """
     dev = resolve_device(device)
     if isinstance(model_or_state, torch.nn.Module):
         model = model_or_state

@@ -104,7 +104,8 @@ def test_shuffle_mixes_chunks_and_batches_are_full(tmp_path):
 def test_dataloader_workers_cover_epoch(tmp_path):
     make_dataset(tmp_path / "a", 64, 8, "a")
     ds = StampDataset(StampSource(tmp_path / "a"), batch_size=10, buffer_chunks=2)
-    dl = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
+    # spawn: forked workers die when an earlier test left Prefect/Dask threads running
+    dl = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="spawn")
     idx = np.concatenate([b.idx.numpy() for b in dl])
     assert sorted(idx.tolist()) == list(range(64))
 

@@ -78,18 +78,18 @@ def test_vat_lds_and_total_loss_with_unlabelled():
     net = build_network("simple", n_logits=2, dropout=0.0)
     x = torch.randn(8, 3, 29, 29)
     lds = vat_lds(net, x, xi=0.1, eps=1.0, power_iters=1, generator=torch.Generator().manual_seed(0))
-    assert float(lds) > 0
+    assert float(lds.detach()) > 0
     cfg = LossConfig(l_ce=0.5, l_ech=0.3, l_lds=0.2)
     y = torch.tensor([1, 0, -1, -1, 1, 0, -1, 1])
     loss, parts = total_loss(net, x, y, cfg, torch.Generator().manual_seed(0))
     lab = y >= 0
-    ce = float(cross_entropy(net(x)[lab], y[lab]))
+    ce = float(cross_entropy(net(x)[lab], y[lab]).detach())
     assert abs(parts["ce"] - ce) < 1e-5
     assert abs(parts["total"] - (0.5 * parts["ce"] + 0.3 * parts["ech"] + 0.2 * parts["lds"])) < 1e-4
     loss.backward()
     # all-unlabelled batch: only LDS, still finite
     loss2, parts2 = total_loss(net, x, torch.full((8,), -1), cfg, torch.Generator().manual_seed(0))
-    assert parts2["ce"] == 0 and parts2["ech"] == 0 and math.isfinite(float(loss2))
+    assert parts2["ce"] == 0 and parts2["ech"] == 0 and math.isfinite(float(loss2.detach()))
 
 
 def test_cross_entropy_one_logit_and_weights():
