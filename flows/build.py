@@ -14,10 +14,11 @@ from prefect import flow, get_run_logger, runtime, task
 from prefect.futures import as_completed
 from tqdm import tqdm
 
-from flows.common import code_version, publish_markdown, publish_table
+from flows.common import code_version, publish_markdown, publish_table, tag_run
 from flows.options import DEFAULT_NIGHT, BuildOptions
 from flows.runner import make_task_runner
 from flows.simulate import submit_simulation
+from storage.fits_io import pixel_scale_arcsec
 from storage.sensor_io import jobs_from_manifest, run_sensor_job
 from storage.stampstore import clean_temporaries, dataset_lock, join_parts, pending_keys, read_ledger
 from tasks.types import FLAG_MEANINGS
@@ -33,9 +34,25 @@ def _sha256(path: Path | None) -> str | None:
 
 
 def sensor_config_json(config: Path | None) -> str:
+    """The per-sensor settings as JSON; ``ValueError`` naming the file and every bad key."""
+    from pydantic import ValidationError
     from tasks.sensor import SensorConfig
-    data = yaml.safe_load(Path(config).read_text()) if config else {}
-    return SensorConfig.model_validate(data or {}).model_dump_json()
+    if not config:
+        return SensorConfig().model_dump_json()
+    path = Path(config)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: sensor config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from None
+    if data is not None and not isinstance(data, dict):
+        raise ValueError(f"{path}: a sensor config must be a mapping of settings, got {type(data).__name__}")
+    try:
+        return SensorConfig.model_validate(data or {}).model_dump_json()
+    except ValidationError as e:
+        bad = "; ".join(f"{'.'.join(str(x) for x in err['loc']) or 'config'}: {err['msg']}" for err in e.errors())
+        raise ValueError(f"{path}: invalid sensor config ({bad})") from None
 
 
 @flow(name="build-dataset", log_prints=True)
@@ -44,11 +61,13 @@ def build_dataset(options: BuildOptions) -> dict:
     log = get_run_logger()
     out = Path(options.out)
     night = options.night or (DEFAULT_NIGHT if options.preset else None)
+    cfg_json = sensor_config_json(options.config)  # a bad config is refused before any work
+    allow_outside = bool(getattr(options, "allow_outside_paths", False))
     with dataset_lock(out, "build"):
         manifest = options.manifest or submit_simulation(options.preset, night, options.seed, out / "survey")
-        cfg_json = sensor_config_json(options.config)
         jobs = jobs_from_manifest(manifest, out, night=night, inject=options.inject, seed=options.seed,
-                                  tns=options.tns, config_json=cfg_json, max_sensors=options.max_sensors)
+                                  tns=options.tns, config_json=cfg_json, max_sensors=options.max_sensors,
+                                  allow_outside_paths=allow_outside)
         night = night or ",".join(sorted({j.night for j in jobs}))
         clean_temporaries(out)
         todo_keys = set(j.key for j in jobs) if options.force else set(pending_keys(out, [j.key for j in jobs]))
@@ -73,12 +92,15 @@ def build_dataset(options: BuildOptions) -> dict:
                         "survey_json_sha256": _sha256(Path(manifest).parent / "survey.json"),
                         "tns_sha256": _sha256(Path(jobs[0].tns) if jobs and jobs[0].tns else None)},
             "sensors": {"total": len(jobs), "done": len(done), "skipped": failed},
+            # the models' input spec (model.json) and score-alerts' pixel-scale check read it
+            "pixel_scale": pixel_scale_arcsec(jobs[0].new, jobs[0].hdu_new) if jobs else None,
         }
         joined = join_task(out, done, meta)
     summary = {"dataset": str(out), "night": night, "n_sensors": len(jobs), "done": len(done),
                "skipped": failed, "n_stamps": joined.n_stamps, "content_hash": joined.content_hash,
                "version": joined.version}
     _write_provenance(out, summary, ledger)
+    tag_run(*(f"night:{n}" for n in str(night).split(",")[:7]), f"dataset:{joined.content_hash[:12]}")
     _publish_summary(out, summary)
     return summary
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from flows import options as O
+from flows.ops import NightlyBuildOptions, RetrainOptions
 
 
 def _unwrap(ann):
@@ -57,6 +58,10 @@ COMMANDS: dict[str, tuple[type[BaseModel], str, str]] = {
     "stage2": (O.Stage2Options, "flows.train:run_stage2", "Stage 2: semi-supervised training (CE + ECH + VAT) into a model directory."),
     "validate": (O.ValidateOptions, "flows.validate:run_validate", "Validate a model against TNS-matched reals on an unseen night."),
     "demo": (O.DemoOptions, "flows.demo:run_demo", "The whole chain on the embedded simulated survey."),
+    "score-alerts": (O.ScoreAlertsOptions, "flows.score:run_score_alerts", "Score real alert packets (ZTF/Rubin Parquet, Avro) into a CSV: candid, score, error."),
+    "nightly": (NightlyBuildOptions, "flows.deployments:run_nightly", "Nightly build: one night into ROOT/<night>/ (the nightly-build deployment)."),
+    "retrain": (RetrainOptions, "flows.deployments:run_retrain", "Retraining: stage 1 + flagging + stage 2 over a window of nights, then validation."),
+    "experiments": (O.ExperimentsOptions, "flows.experiments:run_experiments", "The paper's experiment grid: (method, label noise, seed) cells, cached, into docs/experiments/."),
 }
 
 
@@ -66,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (model, _, helptext) in COMMANDS.items():
         sp = sub.add_parser(name, help=helptext, description=(model.__doc__ or helptext))
         add_model_arguments(sp, model)
+    from flows.ops import add_commands  # server, worker, deploy, lineage: not flows, their own options
+    add_commands(sub)
+    from flows.bench import add_command as add_bench  # bench NAME [ARGS...]: benchmarks/NAME.py
+    add_bench(sub)
     return p
 
 
@@ -77,6 +86,14 @@ def _load(entry: str):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "handler", None):
+        from flows.settings import PrefectUnavailable, configure_environment
+        configure_environment()
+        try:
+            return args.handler(args)
+        except (PrefectUnavailable, FileNotFoundError, ValueError) as e:
+            print(f"rbflow {args.command}: error: {e}", file=sys.stderr)
+            return 1
     model, entry, _ = COMMANDS[args.command]
     values = {k: v for k, v in vars(args).items() if k != "command"}
     try:

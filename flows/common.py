@@ -30,6 +30,21 @@ def publish_markdown(key: str, markdown: str, description: str = "") -> None:
         get_run_logger().warning("could not publish markdown artifact %s: %s", key, e)
 
 
+def tag_run(*tags: str) -> None:
+    """Add tags to the current flow run (night, dataset and model version), shown in the UI."""
+    try:
+        from prefect import runtime
+        from prefect.client.orchestration import get_client
+        rid = runtime.flow_run.id
+        if not rid:
+            return
+        with get_client(sync_client=True) as client:
+            current = client.read_flow_run(rid).tags or []
+            client.update_flow_run(rid, tags=sorted(set(current) | {t[:100] for t in tags if t}))
+    except Exception as e:  # tags are a view; never fail a run for one
+        get_run_logger().warning("could not tag the flow run with %s: %s", tags, e)
+
+
 def png_markdown(path: Path, title: str = "") -> str:
     """A PNG embedded as a base64 data URI (renders in the Prefect UI offline)."""
     data = base64.b64encode(Path(path).read_bytes()).decode()

@@ -1,7 +1,8 @@
 """Flow: the whole chain on the embedded simulated survey.
 
 simulate (training night + validation night) -> build (injected) -> stage 1 -> flag ->
-stage 2 -> build the validation night with --no-inject -> validate.
+stage 2 -> build the validation night with --no-inject (and, for the efficiency curves, with
+injections into OUT/effnight) -> validate.
 """
 
 from __future__ import annotations
@@ -48,9 +49,14 @@ def demo(options: DemoOptions) -> dict:
                               mode="unlabelled", out=model_dir, **train_opts))
     val = build_dataset.with_options(task_runner=runner())(
         BuildOptions(manifest=manifest, night=val_night, inject=False, out=out / "valnight", seed=options.seed))
+    eff = None
+    if options.efficiency:  # the same unseen night with injections: recovered fraction vs mag / host offset
+        eff = build_dataset.with_options(task_runner=runner())(
+            BuildOptions(manifest=manifest, night=val_night, out=out / "effnight", seed=options.seed + 1))
     metrics = validate_model(ValidateOptions(model=model_dir, dataset=out / "valnight",
-                                             tns=out / "survey" / "tns.csv", out=out / "validation"))
-    return {"train": train, "valnight": val, "stage1": {k: v for k, v in s1.items() if k != "folds"},
+                                             tns=out / "survey" / "tns.csv", out=out / "validation",
+                                             efficiency=out / "effnight" if eff else None))
+    return {"train": train, "valnight": val, "effnight": eff, "stage1": {k: v for k, v in s1.items() if k != "folds"},
             "stage2": s2, "metrics": metrics, "out": str(out)}
 
 
@@ -58,6 +64,7 @@ def format_demo(r: dict, seconds: float) -> str:
     m, s1 = r["metrics"], r["stage1"]
     lines = ["", "=" * 72, f"rbflow demo finished in {seconds:.0f} s -> {r['out']}",
              format_summary(r["train"]), format_summary(r["valnight"]),
+             *([format_summary(r["effnight"])] if r.get("effnight") else []),
              f"stage 1: {s1['n']} stamps, flagged {s1['n_flagged']} ({100 * s1['flagged_share']:.2f} %), "
              f"by label {s1['flagged_by_label']} -> {s1['unlabel']}",
              f"stage 2: {r['stage2']['n_train']} stamps ({r['stage2']['n_unlabelled']} unlabelled) -> {r['stage2']['model']}",

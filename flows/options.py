@@ -60,6 +60,7 @@ class BuildOptions(FlowOptions, ClusterMixin):
     config: Path | None = Field(None, description="YAML file overriding per-sensor settings (tasks.sensor.SensorConfig).")
     max_sensors: int | None = Field(None, ge=1, description="Build only the first N sensor images (quick runs).")
     force: bool = Field(False, description="Redo every sensor even when its part is complete (a clean rebuild).")
+    allow_outside_paths: bool = Field(False, description="Let manifest rows name files outside the manifest's directory (absolute or ../ paths); off: such rows are refused.")
 
     _night = field_validator("night")(_check_night)
 
@@ -131,8 +132,63 @@ class DemoOptions(FlowOptions, ClusterMixin):
     out: Path = Field(..., description="Demo directory: survey/ dataset/ stage1/ model/ valnight/ validation/.")
     seed: int = Field(0, ge=0, description="Seed of everything.")
     night: str = Field(DEFAULT_NIGHT, description="Training night; the validation night is the next one.")
-    epochs: int = Field(8, ge=1, description="Training epochs of both stages.")
+    epochs: int = Field(15, ge=1, description="Maximum training epochs of both stages (early stopping, patience 3).")
     network: Literal["simple", "complex"] = Field("simple", description="Network of both stages.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Torch device.")
+    efficiency: bool = Field(True, description="Also build the validation night with injections (OUT/effnight) for efficiency vs magnitude and host offset.")
 
     _night = field_validator("night")(_check_night)
+
+
+class ScoreAlertsOptions(FlowOptions):
+    """Score real alert packets with an exported model; writes the contract CSV (candid, score, error)."""
+
+    model: Path = Field(..., description="Model directory (model.pt2, model.json).")
+    alerts: Path = Field(..., description="Alert file or directory: ZTF-like or Rubin Parquet of cut-outs, or Avro packets (*.avro).")
+    out: Path = Field(..., description="CSV to write: one row per alert, columns candid, score, error.")
+    format: Literal["auto", "ztf-parquet", "rubin-parquet", "avro"] = Field("auto", description="Alert format; auto: from the file's suffix and columns.")
+    batch_size: int = Field(1024, ge=1, le=65536, description="Alerts decoded and scored at a time (memory bound).")
+    pixel_scale_tolerance: float = Field(0.1, ge=0, le=10, description="Allowed relative difference between the cut-out's and the model's pixel scale; beyond it the row carries pixel_scale_mismatch.")
+    model_pixel_scale: float | None = Field(None, gt=0, description="The model's pixel scale in arcsec/px (default: model.json input.pixel_scale_arcsec).")
+    alert_pixel_scale: float | None = Field(None, gt=0, description="Force the cut-outs' pixel scale in arcsec/px (default: WCS, PIXSCALE key, or the survey's nominal scale).")
+
+
+class ExperimentsOptions(FlowOptions):
+    """The paper's experiment grid (tasks/experiments.py): cells of (method, label noise, seed),
+    trained on the same training nights and scored on the same held-out nights; cached by their
+    parameters under OUT/cells/ (a cell JSON with the same key is not rerun)."""
+
+    grid: Literal["quick", "paper", "noise"] = Field("quick", description="Named grid: quick (CI), paper (every row x every noise level), noise (FPR vs label noise).")
+    quick: bool = Field(False, description="Shorthand for --grid quick.")
+    seeds: list[int] | None = Field(None, description="Seeds (default: the grid's, 0 1 2).")
+    methods: list[str] | None = Field(None, description="Only these methods (rows), e.g. simple-all complex-unlabelled-vat rf-sep.")
+    noises: list[str] | None = Field(None, description="Only these noise settings: survey, uniform-0.01, tail-0.10, ...")
+    train: list[Path] | None = Field(None, description="Training dataset directories (injected nights).")
+    heldout: list[Path] | None = Field(None, description="Held-out dataset directories (--no-inject nights training never saw).")
+    tns: Path | None = Field(None, description="TNS list for the held-out nights (default: survey/tns.csv beside a --preset build).")
+    preset: str | None = Field(None, description="Build the nights from this survey preset into WORK/data/ (instead of --train/--heldout); the issue's full size is 'val'.")
+    train_nights: int = Field(2, ge=1, le=30, description="With --preset: injected training nights.")
+    heldout_nights: int = Field(1, ge=1, le=30, description="With --preset: --no-inject held-out nights (after the training nights).")
+    network: Literal["simple", "complex", "paper"] = Field("simple", description="Network of every CNN row (simple: Simple stands in for Complex on CPU; paper: each row's own network).")
+    stage1_network: Literal["simple", "complex"] = Field("simple", description="Network of the stage-1 folds.")
+    folds: int = Field(5, ge=2, le=20, description="Stage-1 folds.")
+    epochs: int = Field(8, ge=1, le=1000, description="Maximum epochs per training (early stopping on a validation split).")
+    batch_size: int = Field(128, ge=8, le=8192, description="Training batch size.")
+    lr: float = Field(1e-3, gt=0, lt=1, description="Learning rate.")
+    patience: int = Field(3, ge=1, description="Early-stopping patience (epochs).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Torch device; auto = cuda when present.")
+    n_boot: int = Field(300, ge=0, le=100000, description="Cluster-bootstrap replicates per cell.")
+    threads: int = Field(1, ge=1, le=64, description="torch CPU threads (1 on shared 2-core machines).")
+    rf_trees: int = Field(300, ge=10, le=5000, description="Trees of the random-forest baseline.")
+    out: Path = Field(Path("docs/experiments"), description="Where the cell JSONs, held-out scores and the flagging study go.")
+    work: Path = Field(Path("runs/experiments"), description="Working directory: derived noisy datasets, stage-1 dirs, models.")
+    rerun: bool = Field(False, description="Ignore cached cells and run them again.")
+    seed: int = Field(0, ge=0, description="Seed of the --preset simulation and injections.")
+
+    @model_validator(mode="after")
+    def _inputs(self):
+        if self.preset is None and not (self.train and self.heldout and self.tns):
+            raise ValueError("give --train, --heldout and --tns, or --preset")
+        if self.preset is not None and (self.train or self.heldout):
+            raise ValueError("give either --preset or --train/--heldout, not both")
+        return self

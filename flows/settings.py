@@ -27,6 +27,11 @@ def data_home() -> Path:
     return Path(os.environ.get("RBFLOW_HOME", Path.home() / ".rbflow"))
 
 
+def results_dir() -> Path:
+    """Where Prefect persists results: a pathlib.Path (a str would be read as a block name)."""
+    return Path(os.environ.get("PREFECT_LOCAL_STORAGE_PATH") or data_home() / "results")
+
+
 def configure_environment() -> None:
     for k, v in DEFAULTS.items():
         os.environ.setdefault(k, v)
@@ -56,10 +61,11 @@ def prefect_session() -> Iterator[str]:
     it instead of each starting an ephemeral server of their own.
     """
     from prefect.settings import PREFECT_API_URL, temporary_settings
-    url = PREFECT_API_URL.value()
+    url = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()  # the environment wins over a profile
     if url:
         check_server(url)
-        yield url
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield url
         return
     from prefect.server.api.server import SubprocessASGIServer
     server = SubprocessASGIServer()
@@ -67,7 +73,14 @@ def prefect_session() -> Iterator[str]:
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-            yield server.api_url
+            try:
+                yield server.api_url
+            finally:
+                try:  # send the last run logs while the server still answers
+                    from prefect.logging.handlers import APILogHandler
+                    APILogHandler.flush()
+                except Exception:
+                    pass
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import code_version, png_markdown, publish_markdown, publish_table
+from flows.common import code_version, png_markdown, publish_markdown, publish_table, tag_run
+from flows.lineage import model_id, model_parents, stage1_parents, write_sidecar
 from flows.options import Stage1Options, Stage2Options
 from flows.runner import make_task_runner
 from models import stages
@@ -50,6 +51,9 @@ def stage1(options: Stage1Options) -> dict:
               "rule": summary.rule, "unlabel": summary.unlabel, "folds": [r.__dict__ for r in records]}
     (Path(options.out) / "stage1.json").write_text(json.dumps({**result, "options": options.model_dump(mode="json"),
                                                               "code": code_version()}, indent=1, default=str))
+    parents = stage1_parents(options.dataset)  # lineage: the unlabel manifest's parents and this run
+    write_sidecar(Path(options.out), "unlabel", parents)
+    tag_run(*(f"dataset:{(h or '')[:12]}" for h in list(parents["datasets"].values())[:7]))
     return result
 
 
@@ -62,6 +66,9 @@ def stage2(options: Stage2Options) -> dict:
     result = stage2_task.with_options(task_run_name=f"stage2-{options.mode}")(
         [str(d) for d in options.dataset], str(options.unlabel), str(options.out), opts)
     publish_table("stage2-model", [{"what": k, "value": str(v)} for k, v in result.items()], "stage-2 model")
+    # lineage: added once by the run that wrote the model, never replaced
+    write_sidecar(Path(options.out), "model", model_parents(options.dataset, options.unlabel), overwrite=False)
+    tag_run(f"model:{(model_id(Path(options.out)) or '')[:12]}")
     return result
 
 

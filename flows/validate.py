@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger, task
 
-from flows.common import png_markdown, publish_markdown, publish_table
+from flows.common import png_markdown, publish_markdown, publish_table, tag_run
+from flows.lineage import dataset_hash, model_id, sha256_file, validation_parents, write_sidecar
+from flows.settings import results_dir
 from flows.options import ValidateOptions
 from models.scoring import score_dataset
 from storage.stampstore import open_dataset
@@ -59,13 +61,39 @@ def run_validation(options: ValidateOptions) -> dict:
     return {"metrics": metrics_json(result), "paths": [str(p) for p in paths]}
 
 
-validate_task = task(run_validation, name="validate-model")
+def validation_cache_key(context, parameters: dict) -> str:
+    """Cache key of a validation: the options, the code, and the inputs' content hashes
+    (not their paths: a dataset rebuilt in place gets a new key)."""
+    import hashlib
+    import inspect
+    import sys
+    o: ValidateOptions = parameters["options"]
+    code = [inspect.getsource(run_validation), inspect.getsource(efficiency_table)]
+    code += [inspect.getsource(sys.modules[m]) for m in ("tasks.validation", "tasks.report", "models.scoring")
+             if m in sys.modules]
+    key = {"options": o.model_dump(mode="json"), "code": hashlib.sha256("".join(code).encode()).hexdigest(),
+           "model": model_id(o.model), "dataset": dataset_hash(o.dataset), "tns": sha256_file(o.tns),
+           "operating_point": sha256_file(o.operating_point),
+           "efficiency": dataset_hash(o.efficiency) if o.efficiency else None}
+    return "validate-" + hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# cached by inputs and code (force a rerun: PREFECT_TASKS_REFRESH_CACHE=true)
+validate_task = task(run_validation, name="validate-model", cache_key_fn=validation_cache_key,
+                     persist_result=True, result_storage=results_dir())
 
 
 @flow(name="validate", log_prints=True)
 def validate_model(options: ValidateOptions) -> dict:
     """Validation against TNS-matched reals: AUC, FPR at TPR 0.9, curves, operating threshold, report."""
-    res = validate_task(options)
+    key = validation_cache_key(None, {"options": options})
+    state = validate_task(options, return_state=True)
+    res = state.result()
+    side = Path(options.out) / "provenance.json"
+    recorded = json.loads(side.read_text()).get("cache_key") if side.exists() else None
+    if state.name == "Cached" and (not (Path(options.out) / "metrics.json").exists() or recorded != key):
+        # a cached result whose directory was removed or since rewritten by another validation
+        res = validate_task.with_options(refresh_cache=True)(options)
     m = res["metrics"]
     get_run_logger().info("AUC %s (n_real %s, n_bogus %s), FPR@TPR0.9 %s, threshold %s", m.get("auc"),
                           m.get("n_real"), m.get("n_bogus"), m.get("fpr_at_tpr90"), m.get("threshold"))
@@ -77,6 +105,11 @@ def validate_model(options: ValidateOptions) -> dict:
         if p.endswith(".png"):
             md += "\n" + png_markdown(Path(p))
     publish_markdown("validation-report", md, "validation report with its figures")
+    write_sidecar(Path(options.out), "validation", validation_parents(
+        options.model, options.dataset, options.tns, options.operating_point, options.efficiency),
+        extra={"cache_key": key})
+    night = (open_dataset(options.dataset).meta or {}).get("night")
+    tag_run(f"model:{(model_id(options.model) or '')[:12]}", f"night:{night}" if night else "")
     return m
 
 

@@ -62,29 +62,71 @@ def read_image_fits(path, hdu: int | str = 0) -> tuple[np.ndarray, fits.Header]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such FITS file")
     problem = None
+    # No warnings filters here: they are process-global, and a "warnings as errors" filter set
+    # while one thread reads a file turns another thread's astropy fit warning into an exception
+    # (a PSF star silently dropped: builds on a thread pool were not reproducible). Truncation
+    # and a wrong BITPIX are checked explicitly instead (astropy only warns about them).
     try:
-        with warnings.catch_warnings():
-            # astropy only warns on truncated files (and then fails or returns partial data)
-            warnings.simplefilter("error", AstropyUserWarning)
-            warnings.simplefilter("error", fits.verify.VerifyWarning)
-            with fits.open(path, memmap=False) as hdul:
-                try:
-                    h = hdul[hdu]
-                except (IndexError, KeyError):
-                    problem = f"has no HDU {hdu!r} ({len(hdul)} HDUs)"
+        with fits.open(path, memmap=False) as hdul:
+            try:
+                h = hdul[hdu]
+            except (IndexError, KeyError):
+                problem = f"has no HDU {hdu!r} ({len(hdul)} HDUs)"
+            else:
+                if not isinstance(h, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
+                    problem = f"HDU {hdu!r} is not an image ({type(h).__name__})"
                 else:
-                    if not isinstance(h, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
-                        problem = f"HDU {hdu!r} is not an image ({type(h).__name__})"
-                    else:
-                        data = h.data
-                        header = h.header.copy()
+                    if not isinstance(h, fits.CompImageHDU):
+                        end = h.fileinfo()["datLoc"] + h.size
+                        if end > path.stat().st_size:
+                            raise ValueError(f"HDU {hdu!r} needs {end} bytes, the file holds {path.stat().st_size}")
+                    data = h.data
+                    header = h.header.copy()
     except (OSError, TypeError, ValueError, AstropyUserWarning, fits.verify.VerifyWarning) as exc:
-        raise ValueError(f"{path}: unreadable or truncated FITS file ({exc})") from exc
+        why = _diagnose_primary(path)
+        raise ValueError(f"{path}: {why or 'unreadable or truncated FITS file'} ({exc})") from exc
     if problem:
         raise ValueError(f"{path}: {problem}")
+    why = _diagnose_primary(path)  # e.g. a BITPIX that leaves bytes no header describes
+    if why:
+        raise ValueError(f"{path}: {why}")
     if data is None or np.ndim(data) != 2:
         raise ValueError(f"{path}: HDU {hdu!r} holds no 2-D image (shape {None if data is None else np.shape(data)})")
+    if np.size(data) == 0:
+        raise ValueError(f"{path}: HDU {hdu!r} is a zero-size image (shape {np.shape(data)})")
     return np.asarray(data, dtype=np.float32), header
+
+
+_VALID_BITPIX = (8, 16, 32, 64, -32, -64)
+
+
+def _diagnose_primary(path: Path) -> str | None:
+    """A precise reason why a FITS file does not read, from its primary header alone (or None)."""
+    try:
+        with open(path, "rb") as f:
+            hdr = fits.Header.fromfile(f)
+            start = f.tell()
+        bitpix = hdr.get("BITPIX")
+        if bitpix not in _VALID_BITPIX:
+            return f"invalid BITPIX = {bitpix!r} (FITS allows {list(_VALID_BITPIX)})"
+        naxis = int(hdr.get("NAXIS", 0))
+        dims = [int(hdr.get(f"NAXIS{i}", 0)) for i in range(1, naxis + 1)]
+        need = abs(int(bitpix)) // 8 * int(np.prod(dims)) if naxis else 0
+        have = path.stat().st_size - start
+        shape = f"BITPIX = {bitpix}, NAXISn = {dims}"
+        if have < need:
+            return f"truncated: the header ({shape}) needs {need} data bytes, the file holds {have}"
+        padded = -(-need // 2880) * 2880
+        if have > padded:
+            with open(path, "rb") as f:
+                f.seek(start + padded)
+                nxt = f.read(2880)
+            if not nxt.startswith(b"XTENSION") and nxt.strip(b"\x00 "):  # trailing zero padding is harmless
+                return (f"wrong BITPIX or NAXISn: the header ({shape}) describes {need} data bytes but "
+                        f"{have} follow it and no extension starts after them")
+    except Exception:  # the header itself is unreadable: no more precise reason
+        return None
+    return None
 
 
 def image_meta_from_header(header: fits.Header, keys: HeaderKeys = HeaderKeys()) -> ImageMeta:
@@ -125,7 +167,25 @@ def wcs_from_header(header: fits.Header) -> WCS:
         try:
             w = WCS(header)
         except Exception as exc:  # astropy raises several types for broken WCS keywords
-            raise ValueError(f"header: invalid WCS ({exc})") from exc
+            raise ValueError(f"header: invalid WCS ({' '.join(str(exc).split())})") from exc
     if not w.has_celestial:
         raise ValueError("header: no celestial WCS (CTYPE1/2 RA---/DEC-- keys missing)")
+    scale = w.celestial.pixel_scale_matrix
+    det = float(np.linalg.det(scale)) if np.all(np.isfinite(scale)) else float("nan")
+    if not (np.isfinite(det) and det != 0.0):
+        raise ValueError(f"header: invalid WCS (singular or non-finite pixel scale matrix {scale.tolist()})")
     return w.celestial
+
+
+def pixel_scale_arcsec(path, hdu: int | str = 0) -> float | None:
+    """Mean pixel scale (arcsec/px) from an image's WCS, else its PIXSCALE key; None if neither."""
+    from astropy.wcs.utils import proj_plane_pixel_scales
+    try:
+        header = fits.getheader(path, hdu)
+    except Exception:
+        return None
+    try:
+        return float(np.mean(proj_plane_pixel_scales(wcs_from_header(header))) * 3600.0)
+    except ValueError:
+        v = header.get("PIXSCALE")
+        return float(v) if isinstance(v, (int, float)) and v > 0 else None

@@ -63,6 +63,13 @@ class InjectedFault(RuntimeError):
 #   RBFLOW_FAULT_AFTER_PARTS=K : writing a part fails once K parts are complete on disk
 #   RBFLOW_FAULT_MID_PART=1    : a part write dies after its stamps file (leaves a temp dir)
 #   RBFLOW_FAULT_JOIN_WRITE=1  : the join dies with ENOSPC while writing the new version
+#   RBFLOW_FAULT_PART_ENOSPC=1 : a part write fails with ENOSPC (disk full) after its stamps file
+#   RBFLOW_FAULT_KILL_WORKER=<key>:<marker> : the first attempt of sensor <key> kills its Dask
+#                                worker process (storage/sensor_io.py)
+#   JOIN_HOOK (a Python callable, tests only): called as JOIN_HOOK(stage, dataset_dir) with
+#                                stage "written" (new version complete under its temp name) and
+#                                "renamed" (in versions/, not yet current)
+JOIN_HOOK = None
 
 
 def _fault_hooks_before_part(parts_dir: Path) -> None:
@@ -128,21 +135,28 @@ def write_part(
     parts.mkdir(parents=True, exist_ok=True)
     _fault_hooks_before_part(parts)
     tmp = parts / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    np.save(tmp / "stamps.npy", stamps)
-    if os.environ.get("RBFLOW_FAULT_MID_PART"):
-        raise InjectedFault(f"test hook: part {key} died half-written")
-    rows.reset_index(drop=True).to_parquet(tmp / "rows.parquet", index=False)
-    inj = injections if injections is not None else pd.DataFrame()
-    inj.reset_index(drop=True).to_parquet(tmp / "injections.parquet", index=False)
-    files = {name: {"size": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
-             for name in PART_FILES}
-    (tmp / "part.json").write_text(json.dumps(
-        {"key": key, "n_stamps": int(len(stamps)), "files": files, "meta": meta or {}},
-        indent=1, sort_keys=True, default=str))
-    for name in (*PART_FILES, "part.json"):
-        with open(tmp / name, "rb") as f:
-            os.fsync(f.fileno())
+    try:
+        tmp.mkdir()
+        np.save(tmp / "stamps.npy", stamps)
+        if os.environ.get("RBFLOW_FAULT_MID_PART"):
+            raise InjectedFault(f"test hook: part {key} died half-written")
+        if os.environ.get("RBFLOW_FAULT_PART_ENOSPC"):
+            raise OSError(errno.ENOSPC, "No space left on device (test hook)")
+        rows.reset_index(drop=True).to_parquet(tmp / "rows.parquet", index=False)
+        inj = injections if injections is not None else pd.DataFrame()
+        inj.reset_index(drop=True).to_parquet(tmp / "injections.parquet", index=False)
+        files = {name: {"size": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
+                 for name in PART_FILES}
+        (tmp / "part.json").write_text(json.dumps(
+            {"key": key, "n_stamps": int(len(stamps)), "files": files, "meta": meta or {}},
+            indent=1, sort_keys=True, default=str))
+        for name in (*PART_FILES, "part.json"):
+            with open(tmp / name, "rb") as f:
+                os.fsync(f.fileno())
+    except OSError as e:  # disk full, read-only, quota: a store problem, not a bad sensor
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise StoreError(f"{parts / key}: could not write the part ({e}); "
+                         "the joined store is untouched") from e
     final = parts / key
     if final.exists():  # a damaged or stale part: replace it
         shutil.rmtree(final)
@@ -366,7 +380,11 @@ def join_parts(dataset_dir: Path, keys: list[str], dataset_meta: dict,
             meta.update(content_hash=chash, n_stamps=n, n_parts=len(part_dirs), version=version,
                         chunks=CHUNK_STAMPS, counts=dataset_counts(table))
             (tmp / "dataset.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
+            if JOIN_HOOK is not None:
+                JOIN_HOOK("written", d)
             os.rename(tmp, final)
+            if JOIN_HOOK is not None:
+                JOIN_HOOK("renamed", d)
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
             raise StoreError(f"{d}: could not write the new version ({e}); "

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import tempfile
@@ -29,6 +30,11 @@ __all__ = [
 
 MANIFEST_COLUMNS = ("exposure", "sensor", "new", "ref", "catalog", "mjd", "filter", "night", "field")
 REQUIRED_MANIFEST = ("exposure", "sensor", "new", "ref")
+OPTIONAL_MANIFEST = ("sub", "hdu_new", "hdu_ref", "hdu_sub", "mask", "catalog", "mjd", "filter", "night", "field",
+                     "weight_new", "weight_ref", "weight_sub", "hdu_weight_new", "hdu_weight_ref", "hdu_weight_sub")
+MANIFEST_PATH_COLUMNS = ("new", "ref", "sub", "mask", "catalog", "weight_new", "weight_ref", "weight_sub")
+HDU_COLUMNS = ("hdu_new", "hdu_ref", "hdu_sub", "hdu_weight_new", "hdu_weight_ref", "hdu_weight_sub")
+USER_COLUMN_PREFIX = "x_"  # a survey's own manifest columns: kept, never interpreted
 TRUTH_TABLES = ("stars", "galaxies", "events", "artifacts")
 _STR = {"exposure": str, "sensor": str, "night": str, "new": str, "ref": str, "catalog": str, "filter": str}
 
@@ -125,8 +131,17 @@ def finalize_survey(out_dir, rows: list[dict], night: str, config: SurveyConfig,
     return out
 
 
-def read_manifest(path) -> pd.DataFrame:
-    """Read a manifest CSV; ``ValueError`` naming missing columns, ``FileNotFoundError`` naming the file."""
+def read_manifest(path, *, allow_outside_paths: bool = False) -> pd.DataFrame:
+    """Read a manifest CSV; ``ValueError`` naming missing columns, ``FileNotFoundError`` naming the file.
+
+    Also rejected (``ValueError`` naming the file, row and column): unknown columns (a
+    survey's own columns must start with ``x_``), non-numeric ``mjd``, non-integer
+    ``hdu_*``, an empty ``ref`` in a row without ``sub`` (difference-only rows give ``sub``
+    and may leave ``ref`` empty), a ``weight_ref`` / ``weight_sub`` without its image, and
+    paths that leave the manifest's directory (absolute, or ``..`` above it)
+    unless ``allow_outside_paths``. Paths are checked as written (symlinks inside the
+    directory may point anywhere).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: manifest not found")
@@ -137,10 +152,69 @@ def read_manifest(path) -> pd.DataFrame:
     missing = [c for c in REQUIRED_MANIFEST if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: manifest lacks required columns {missing}")
-    empty = [c for c in REQUIRED_MANIFEST if (df[c].astype(str).str.strip() == "").any()]
+    def blank(c):
+        return df[c].astype(str).str.strip().isin(["", "nan"]) if c in df.columns else pd.Series(True, df.index)
+
+    # a difference-only row (docs/per_sensor.md, "Real-data ingest modes") gives sub, not ref
+    empty = [c for c in REQUIRED_MANIFEST if (blank(c) & (blank("sub") if c == "ref" else True)).any()]
     if empty:
         raise ValueError(f"{path}: manifest has empty values in columns {empty}")
+    known = REQUIRED_MANIFEST + OPTIONAL_MANIFEST
+    unknown = [c for c in df.columns if c not in known and not str(c).startswith(USER_COLUMN_PREFIX)]
+    if unknown:
+        hints = {c: m[0] for c in unknown if (m := difflib.get_close_matches(str(c), known, n=1))}
+        hint = "".join(f"; did you mean {m!r} for {c!r}?" for c, m in hints.items())
+        raise ValueError(f"{path}: manifest has unknown columns {unknown} (known: {list(known)}; "
+                         f"prefix a survey's own columns with {USER_COLUMN_PREFIX!r}){hint}")
+    _check_manifest_values(path, df, allow_outside_paths)
     return df
+
+
+def _check_manifest_values(path: Path, df: pd.DataFrame, allow_outside_paths: bool) -> None:
+    """Numeric columns parse; every path stays inside the manifest's directory (unless allowed)."""
+    def row(i: int) -> str:  # the CSV line of data row i (line 1 is the header)
+        return f"line {i + 2}"
+
+    if "mjd" in df.columns:
+        mjd = pd.to_numeric(df["mjd"], errors="coerce")
+        bad = mjd.isna() & df["mjd"].notna() & (df["mjd"].astype(str).str.strip() != "")
+        if bad.any():
+            i = int(bad.to_numpy().nonzero()[0][0])
+            raise ValueError(f"{path}: {row(i)} column 'mjd': not a number ({df['mjd'].iloc[i]!r})")
+    for col in ("weight_ref", "weight_sub"):  # a weight map needs its image
+        img = col.split("_", 1)[1]
+        if col in df.columns:
+            given = ~df[col].astype(str).str.strip().isin(["", "nan"])
+            lacks = given & (df[img].astype(str).str.strip().isin(["", "nan"]) if img in df.columns else True)
+            if lacks.any():
+                i = int(lacks.to_numpy().nonzero()[0][0])
+                raise ValueError(f"{path}: {row(i)} column {col!r}: a weight map without its image "
+                                 f"({img!r} is empty)")
+    for col in HDU_COLUMNS:
+        if col in df.columns:
+            given = df[col].notna() & (df[col].astype(str).str.strip() != "")
+            num = pd.to_numeric(df[col], errors="coerce")
+            bad = given & ~(num.notna() & (num % 1 == 0) & (num >= 0))
+            if bad.any():
+                i = int(bad.to_numpy().nonzero()[0][0])
+                raise ValueError(f"{path}: {row(i)} column {col!r}: not an HDU number ({df[col].iloc[i]!r})")
+    if allow_outside_paths:
+        return
+    base = os.path.normpath(os.path.abspath(path.parent))
+    for col in MANIFEST_PATH_COLUMNS:
+        if col not in df.columns:
+            continue
+        for i, v in enumerate(df[col].astype(str)):
+            v = v.strip()
+            if v in ("", "nan"):
+                continue
+            if os.path.isabs(v):
+                raise ValueError(f"{path}: {row(i)} column {col!r}: absolute path {v!r} is not allowed "
+                                 "(paths are relative to the manifest; allow_outside_paths permits others)")
+            full = os.path.normpath(os.path.join(base, v))
+            if os.path.commonpath([base, full]) != base:
+                raise ValueError(f"{path}: {row(i)} column {col!r}: path {v!r} leaves the manifest's "
+                                 f"directory {base} (allow_outside_paths permits it)")
 
 
 def read_catalog(path) -> pd.DataFrame:
@@ -148,10 +222,13 @@ def read_catalog(path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: catalogue not found")
-    df = pd.read_parquet(path)
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise ValueError(f"{path}: unreadable catalogue Parquet file ({type(exc).__name__}: {exc})") from exc
     missing = [c for c in ("ra", "dec", "mag", "extended") if c not in df.columns]
     if missing:
-        raise ValueError(f"{path}: catalogue lacks columns {missing}")
+        raise ValueError(f"{path}: catalogue lacks columns {missing} (has {sorted(map(str, df.columns))[:12]})")
     return df
 
 

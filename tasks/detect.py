@@ -218,25 +218,57 @@ def _near(frame: pd.DataFrame | None, xy: np.ndarray, radius: float):
 
 
 def _near_artifacts(frame: pd.DataFrame | None, xy: np.ndarray, radius: float):
-    """Like _near, with each artifact's ``extent_px`` (length) added to the radius; a
-    ``bad_column`` is a vertical segment of that length centred on (x, y)."""
+    """Like _near, with each artifact's ``extent_px`` added to the radius. Shapes: a point
+    artifact is a disc of radius ``extent_px`` (an annulus of half-width ``width_px`` when that is
+    > 0: a ghost); a row with a finite ``angle`` (rad from +x) is a
+    line / box of length ``extent_px`` centred on (x, y) with half-width ``width_px``; a
+    ``bad_column`` is a vertical segment of that length. Inside several: the smallest wins."""
     n = len(xy)
     if frame is None or len(frame) == 0 or n == 0:
         return np.full(n, -1), np.zeros(n, int)
+    if n * len(frame) > 2_000_000:  # bound the (n_det, n_art) work arrays
+        step = max(1, 2_000_000 // len(frame))
+        parts = [_near_artifacts(frame, xy[i:i + step], radius) for i in range(0, n, step)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    m = len(frame)
     ax, ay = frame["x"].to_numpy(float), frame["y"].to_numpy(float)
-    ext = (frame["extent_px"].to_numpy(float) if "extent_px" in frame
-           else np.zeros(len(frame)))
-    ext = np.nan_to_num(ext)
-    col = (frame["kind"].astype(str).to_numpy() == "bad_column") if "kind" in frame else \
-        np.zeros(len(frame), bool)
-    dx = np.abs(xy[:, 0:1] - ax[None, :])
-    dy = np.abs(xy[:, 1:2] - ay[None, :])
-    d_pt = np.hypot(dx, dy) - ext[None, :]
-    d_col = np.hypot(dx, np.clip(dy - ext[None, :] / 2, 0, None))
-    d = np.where(col[None, :], d_col, d_pt)  # (n_det, n_art): artifacts are few per image
+    ext = np.nan_to_num(frame["extent_px"].to_numpy(float) if "extent_px" in frame else np.zeros(m))
+    ang = frame["angle"].to_numpy(float) if "angle" in frame else np.full(m, np.nan)
+    wid = np.nan_to_num(frame["width_px"].to_numpy(float) if "width_px" in frame else np.zeros(m))
+    col = (frame["kind"].astype(str).to_numpy() == "bad_column") if "kind" in frame else np.zeros(m, bool)
+    ang = np.where(col & ~np.isfinite(ang), np.pi / 2, ang)
+    line = np.isfinite(ang)
+    a = np.where(line, ang, 0.0)
+    rx = xy[:, 0:1] - ax[None, :]
+    ry = xy[:, 1:2] - ay[None, :]
+    t = np.abs(rx * np.cos(a)[None, :] + ry * np.sin(a)[None, :])
+    q = np.abs(-rx * np.sin(a)[None, :] + ry * np.cos(a)[None, :])
+    d_line = np.hypot(np.clip(t - ext[None, :] / 2, 0, None), np.clip(q - wid[None, :], 0, None))
+    rr = np.hypot(rx, ry)
+    ring = ~line & (wid > 0)
+    d_pt = np.where(ring[None, :], np.clip(np.abs(rr - ext[None, :]) - wid[None, :], 0, None),
+                    np.clip(rr - ext[None, :], 0, None))
+    d = np.where(line[None, :], d_line, d_pt)  # (n_det, n_art): artifacts are few per image
     inside = d <= radius
-    j = np.where(inside.any(1), np.argmin(np.where(inside, d, np.inf), axis=1), -1)
+    size = np.where(line | ring, ext * np.maximum(wid, 0.5), np.pi * ext**2)  # tie-break: most specific
+    score = d + 1e-9 * size[None, :]
+    j = np.where(inside.any(1), np.argmin(np.where(inside, score, np.inf), axis=1), -1)
     return j, inside.sum(1)
+
+
+def _near_extended(frame: pd.DataFrame | None, xy: np.ndarray, radius: float):
+    """_near, and for rows with ``extent_px`` > radius (bright stars, trailed asteroids) also
+    within that extent (via _near_artifacts on those few rows)."""
+    j, cnt = _near(frame, xy, radius)
+    if frame is None or not len(frame) or "extent_px" not in frame or not len(xy):
+        return j, cnt
+    big = np.flatnonzero(np.nan_to_num(frame["extent_px"].to_numpy(float)) > 0)
+    if len(big):
+        jb, cb = _near_artifacts(frame.iloc[big], xy, radius)
+        use = (j < 0) & (jb >= 0)
+        j = np.where(use, big[np.maximum(jb, 0)], j)
+        cnt = np.where(use, cb, cnt)
+    return j, cnt
 
 
 def assign_truth(detections: pd.DataFrame, *, injections: pd.DataFrame | None,
@@ -246,9 +278,14 @@ def assign_truth(detections: pd.DataFrame, *, injections: pd.DataFrame | None,
     truth: frames ``events`` / ``artifacts`` / ``stars`` / ``galaxies`` (columns x, y, kind; the
     caller passes only objects present on this image). Priority per detection, all within
     ``radius_px`` (default 2 px): injection ('injected', 1; -1 with INJECTION_ON_ARTIFACT
-    when an artifact is also there) > event (its kind, 1; -1 if on an artifact) > artifact
-    (its kind, 0; the radius grows by the artifact's ``extent_px``) > truth star ('star_residual', 0) > galaxy ('galaxy_residual', 0) >
-    'noise' (0). truth None (real data): both columns null.
+    when an artifact is also there) > event (its kind, 1; -1 if on an artifact; a trailed
+    asteroid's ``extent_px`` / ``angle`` make it a segment) > artifact of ``scope`` 'point' (or no
+    scope column; its kind, 0; the radius grows by the artifact's ``extent_px``, see
+    _near_artifacts) > artifact of scope 'area' (masked ref region, crowded field, tracking
+    error) > truth star ('star_residual', 0; within its ``extent_px`` when given, the radius
+    where it is > 5 sigma, so PSF-mismatch rings count) > galaxy ('galaxy_residual', 0) >
+    artifact of scope 'background' (pattern noise) > 'noise' (0). truth None (real data):
+    both columns null.
     """
     out = detections.copy()
     n = len(out)
@@ -261,11 +298,16 @@ def assign_truth(detections: pd.DataFrame, *, injections: pd.DataFrame | None,
     cls = np.full(n, "noise", dtype=object)
     lab = np.zeros(n, np.int8)
     done = np.zeros(n, bool)
-    j_art, c_art = _near_artifacts(truth.get("artifacts"), xy, radius_px)
+    arts = truth.get("artifacts")
+    scope = (arts["scope"].fillna("point").astype(str).to_numpy() if arts is not None and len(arts)
+             and "scope" in arts else np.full(0 if arts is None else len(arts), "point"))
+    layers = {k: (arts[scope == k] if arts is not None and len(arts) else None)
+              for k in ("point", "area", "background")}
+    j_art, c_art = _near_artifacts(layers["point"], xy, radius_px)
     on_art = j_art >= 0
     inj_frame = injections if injections is not None and len(injections) else None
     j_inj, c_inj = _near(inj_frame, xy, radius_px)
-    j_ev, c_ev = _near(truth.get("events"), xy, radius_px)
+    j_ev, c_ev = _near_extended(truth.get("events"), xy, radius_px)
     hit = j_inj >= 0
     cls[hit], lab[hit] = "injected", 1
     lab[hit & on_art] = -1
@@ -278,17 +320,28 @@ def assign_truth(detections: pd.DataFrame, *, injections: pd.DataFrame | None,
         cls[hit], lab[hit] = kinds[j_ev[hit]], 1
         lab[hit & on_art] = -1
         done |= hit
-    if truth.get("artifacts") is not None and len(truth["artifacts"]):
-        a = truth["artifacts"]
-        kinds = (a["kind"].astype(str).to_numpy(object) if "kind" in a
-                 else np.full(len(a), ARTIFACT_DEFAULT, object))
+    def _kinds(a):
+        return (a["kind"].astype(str).to_numpy(object) if "kind" in a
+                else np.full(len(a), ARTIFACT_DEFAULT, object))
+
+    if layers["point"] is not None and len(layers["point"]):
         hit = ~done & on_art
-        cls[hit], lab[hit] = kinds[j_art[hit]], 0
+        cls[hit], lab[hit] = _kinds(layers["point"])[j_art[hit]], 0
+        done |= hit
+    if layers["area"] is not None and len(layers["area"]):
+        j, _ = _near_artifacts(layers["area"], xy, radius_px)
+        hit = ~done & (j >= 0)
+        cls[hit], lab[hit] = _kinds(layers["area"])[j[hit]], 0
         done |= hit
     for key, name in (("stars", "star_residual"), ("galaxies", "galaxy_residual")):
-        j, _ = _near(truth.get(key), xy, radius_px)
+        j, _ = (_near_extended if key == "stars" else _near)(truth.get(key), xy, radius_px)
         hit = ~done & (j >= 0)
         cls[hit] = name
+        done |= hit
+    if layers["background"] is not None and len(layers["background"]):
+        j, _ = _near_artifacts(layers["background"], xy, radius_px)
+        hit = ~done & (j >= 0)
+        cls[hit], lab[hit] = _kinds(layers["background"])[j[hit]], 0
         done |= hit
     out["true_class"] = pd.array(cls, dtype="string")
     out["true_label"] = pd.array(lab, dtype="Int8")

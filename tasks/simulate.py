@@ -18,6 +18,11 @@ Pure functions: arrays, headers and tables in, frozen results out; no file I/O (
   ``ref_seeing``. Its header WCS is the nominal sensor WCS, while its pixels are drawn at
   an offset of ``misregistration_px`` (the residual a star-based refinement must fix).
 - New images carry a per-visit pointing jitter that their WCS describes exactly.
+- Realism artifacts (``ARTIFACT_KINDS``: saturated cores, bleeds, spikes, ghosts, displaced
+  stars, satellite trails, cosmic-ray tracks, dead pixels, pattern noise, tracking errors,
+  masked / shallow ref regions, crowded patches), a field-varying PSF and trailed asteroids,
+  each switched by a rate that is 0 in the base config; they draw from their own random
+  streams, so with the rates at 0 the images are those of the code before them.
 
 Pixel coordinates in every table are 0-based (x = column, y = row) in the image named
 by the row (the exposure's new image; the catalogue uses the ref's header WCS).
@@ -55,7 +60,12 @@ __all__ = [
 
 EVENT_KINDS = ("supernova", "hostless", "nuclear", "variable", "asteroid")
 TNS_KINDS = ("supernova", "hostless", "nuclear")
-ARTIFACT_KINDS = ("cosmic_ray", "hot_pixel", "bad_column")
+ARTIFACT_KINDS = ("cosmic_ray", "hot_pixel", "bad_column", "dead_pixel", "saturated_star", "bleed_trail", "diffraction_spike",
+                  "halo", "dipole", "satellite_trail", "pattern_noise", "tracking_error", "masked_ref", "ref_edge",
+                  "crowded_field")
+# truth ``scope`` of an artifact row (read by tasks.detect.assign_truth): 'point' (a compact or line
+# artifact: beats star residuals), 'area' (a region where everything is suspect: beats star and galaxy
+# residuals), 'background' (an image-wide pattern: only relabels what would be 'noise')
 REF_MJD = 57000.0  # epoch written into reference headers (the ref predates every night)
 
 _Range = tuple[float, float]
@@ -121,6 +131,40 @@ class SurveyConfig(BaseModel):
     hot_pixel_adu: _Range = Field((500.0, 20000.0), description="ADU range of hot pixels (above sky).")
     bad_column_rate: float = Field(0.2, ge=0, description="Bad column segments per sensor per night.")
     bad_column_adu: _Range = Field((100.0, 1000.0), description="ADU offset range of bad columns.")
+    # artifacts of the realism issue (all off by default: 0 keeps the old images byte for byte)
+    cosmic_ray_track_rate: float = Field(0.0, ge=0, description="Long cosmic-ray tracks (muons, 5-40 px, grazing incidence) per exposure per sensor.")
+    dead_pixel_rate: float = Field(0.0, ge=0, description="Dead / cold pixel clusters (1-3 x 1-2 px at 0-30 % of the sky, same every visit of the night) per sensor per night.")
+    saturated_star_truth: bool = Field(False, description="Record stars whose model peak reaches saturation as 'saturated_star' artifacts (their detections get that class instead of star_residual).")
+    bright_star_peak: float = Field(0.3, gt=0, description="A star is 'bright' (spikes, halo) when its model peak >= this x saturation.")
+    spike_rate: float = Field(0.0, ge=0, le=1, description="Fraction of bright stars showing diffraction spikes (new and ref).")
+    spike_strength: float = Field(0.02, ge=0, description="Spike surface brightness at 1 FWHM from the star, as a fraction of its peak (falls as 1/d^2).")
+    spike_angle_deg: float = Field(0.0, description="Position angle (deg, from +x) of the spike cross in new images.")
+    ref_spike_rotation_deg: float = Field(0.0, description="Rotation of the ref's spike cross relative to the new images' (another telescope / rotator).")
+    ref_spike_scale: float = Field(1.0, ge=0, description="Ref spike strength relative to the new images'.")
+    bleed_rate: float = Field(0.0, ge=0, le=1, description="Fraction of saturated stars that bleed along their columns (CCDs; 0 for CMOS).")
+    halo_rate: float = Field(0.0, ge=0, le=1, description="Fraction of bright stars with a reflection ghost (annulus) in new images.")
+    halo_flux_fraction: _Range = Field((0.01, 0.03), description="Flux of a ghost as a fraction of its star's flux.")
+    halo_radius_px: _Range = Field((8.0, 20.0), description="Ghost annulus radius range (px).")
+    dipole_rate: float = Field(0.0, ge=0, le=1, description="Fraction of stars displaced between ref and new (proper motion, DCR, local misregistration): dipoles.")
+    star_flux_scatter: float = Field(0.0, ge=0, le=0.5, description="Sigma of every star's fractional flux difference new vs ref (colour terms between the bands, flat-field errors): asymmetric star residuals.")
+    dipole_shift_px: _Range = Field((0.2, 1.0), description="Displacement range (px) of those stars.")
+    psf_variation: float = Field(0.0, ge=0, le=1, description="Field-varying PSF of new images: FWHM grows by this fraction from the sensor centre to its corners (r^2).")
+    tracking_error_rate: float = Field(0.0, ge=0, le=1, description="Fraction of exposures with a tracking error (elongated PSF, all sensors).")
+    tracking_error_shear: _Range = Field((0.1, 0.3), description="Reduced shear |g| range of tracking-error PSFs.")
+    satellite_rate: float = Field(0.0, ge=0, description="Satellite / aircraft trails per exposure per sensor.")
+    satellite_adu: _Range = Field((30.0, 1000.0), description="Peak ADU range (above sky) of satellite trails.")
+    pattern_noise_rate: float = Field(0.0, ge=0, le=1, description="Fraction of sensor-nights whose new images carry read-out pattern noise.")
+    pattern_noise_adu: _Range = Field((0.5, 1.5), description="Pattern-noise amplitude range in units of the new image's sky noise.")
+    ref_mask_rate: float = Field(0.0, ge=0, description="Masked (blanked, sky-filled) regions per reference image.")
+    ref_mask_size_px: _Range = Field((20.0, 120.0), description="Side range (px) of masked ref regions.")
+    ref_edge_rate: float = Field(0.0, ge=0, le=1, description="Fraction of refs with a shallow edge band (fewer stacked frames: noisier, offset background).")
+    ref_edge_px: _Range = Field((10.0, 40.0), description="Width range (px) of shallow ref edge bands.")
+    crowded_rate: float = Field(0.0, ge=0, le=1, description="Fraction of field-sensors holding a crowded patch (a cluster / dense star field).")
+    crowded_stars: int = Field(800, ge=0, description="Extra stars in a crowded patch.")
+    crowded_radius_px: _Range = Field((60.0, 150.0), description="Radius range (px) of crowded patches.")
+    fast_asteroid_rate: float = Field(0.0, ge=0, description="Fast (trailed) asteroids per sensor per night; any asteroid is drawn as a trail when it moves > 1 px in an exposure.")
+    fast_asteroid_speed: _Range = Field((5.0, 60.0), description="Speed range (arcsec/min) of fast asteroids.")
+    sn_host_dmag: tuple[float, float] | None = Field(None, description="None: SN magnitudes uniform in event_mag_range; else (mean, sigma) of SN mag - host mag (clipped to event_mag_range).")
     # reporting
     tns_fraction: float = Field(0.6, ge=0, le=1, description="Fraction of bright transients reported to the TNS.")
     tns_mag50: float = Field(19.5, description="Magnitude at which the reported fraction is half of tns_fraction.")
@@ -129,7 +173,10 @@ class SurveyConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> "SurveyConfig":
         for name in ("seeing_range", "star_mag_range", "galaxy_mag_range", "event_mag_range",
-                     "asteroid_speed", "cosmic_ray_adu", "hot_pixel_adu", "bad_column_adu"):
+                     "asteroid_speed", "cosmic_ray_adu", "hot_pixel_adu", "bad_column_adu",
+                     "halo_flux_fraction", "halo_radius_px", "dipole_shift_px", "tracking_error_shear",
+                     "satellite_adu", "pattern_noise_adu", "ref_mask_size_px", "ref_edge_px",
+                     "crowded_radius_px", "fast_asteroid_speed"):
             lo, hi = getattr(self, name)
             if not (lo <= hi):
                 raise ValueError(f"{name}: lower bound {lo} exceeds upper bound {hi}")
@@ -166,6 +213,13 @@ PRESETS: dict[str, SurveyConfig] = {
         star_density=600.0, star_mag_ref=18.0, star_mag_range=(9.0, 19.5),
         galaxy_density=150.0, galaxy_mag_range=(13.0, 18.5), r_half_arcsec=(4.0, 0.4),
         event_mag_range=(13.5, 18.0), tns_mag50=17.0, asteroid_speed=(0.2, 2.0),
+        # realism (sources per number in docs/simulation.md, "Presets: artifact and event rates")
+        cosmic_ray_rate=1.0, cosmic_ray_track_rate=0.1, dead_pixel_rate=2.0, saturated_star_truth=True, spike_rate=1.0, spike_strength=0.02,
+        spike_angle_deg=0.0, ref_spike_rotation_deg=45.0, ref_spike_scale=0.5, bleed_rate=0.0,
+        halo_rate=0.3, dipole_rate=0.5, dipole_shift_px=(0.05, 0.3), psf_variation=0.1, star_flux_scatter=0.08,
+        tracking_error_rate=0.01, satellite_rate=0.003, pattern_noise_rate=0.02, ref_mask_rate=0.5,
+        ref_edge_rate=0.1, crowded_rate=0.05, fast_asteroid_rate=0.02, nuclear_rate=0.05,
+        sn_host_dmag=(1.0, 1.0),
     ),
     # ZTF: 1.01"/px, seeing ~2", r ~20.5 limit; sensor reduced to 1024x1024 (a quadrant of
     # a 3072x3080 CCD is 3072x3080/2; 1024^2 keeps tests fast) -- see docs/simulation.md.
@@ -173,12 +227,25 @@ PRESETS: dict[str, SurveyConfig] = {
         name="ztf", n_fields=2, n_sensors=16, nx=1024, ny=1024, pixel_scale=1.01, exptime=30.0,
         filter="r", sky_level=600.0, gain=6.2, read_noise=8.0, saturation=60000.0,
         zeropoint=26.0, seeing_range=(1.7, 2.7), ref_seeing=1.6, ref_n_stack=15,
-        star_density=2500.0, star_mag_ref=20.5, star_mag_range=(13.0, 21.5),
+        star_density=2500.0, star_mag_ref=20.5, star_mag_range=(11.0, 21.5),
         galaxy_density=3000.0, galaxy_mag_range=(15.0, 21.0),
         event_mag_range=(16.0, 20.5), tns_mag50=19.5,
+        # realism (sources per number in docs/simulation.md, "Presets: artifact and event rates")
+        cosmic_ray_rate=1.5, cosmic_ray_track_rate=1.0, cosmic_ray_adu=(100.0, 1500.0),
+        hot_pixel_adu=(100.0, 3000.0), dead_pixel_rate=2.0, saturated_star_truth=True, spike_rate=1.0, spike_strength=0.02,
+        spike_angle_deg=0.0, ref_spike_rotation_deg=0.0, ref_spike_scale=1.0, bleed_rate=1.0,
+        halo_rate=0.3, dipole_rate=0.5, dipole_shift_px=(0.03, 0.15), psf_variation=0.05, star_flux_scatter=0.02,
+        tracking_error_rate=0.005, satellite_rate=0.01, pattern_noise_rate=0.01, ref_mask_rate=0.1,
+        ref_edge_rate=0.1, crowded_rate=0.05, fast_asteroid_rate=0.02, nuclear_rate=0.2,
+        sn_host_dmag=(1.0, 1.0),
     ),
-    # validation-night placeholder: ci-sized sensors, more fields (tuned by the validation issue)
-    "val": SurveyConfig(name="val", n_fields=6),
+    # validation nights sized for honest intervals: >= 300 TNS-matched real detections and
+    # >= 1e5 bogus per night (64 fields x 4 sensors x 2 visits = 512 images of 1024x1024 px,
+    # ~300 detections each, measured). Event and artifact rates are raised per sensor (not
+    # realistic per area) so that one night reaches these counts; build time in docs/validation.md.
+    "val": SurveyConfig(name="val", n_fields=64, n_sensors=4, nx=1024, ny=1024, supernova_rate=10.0,
+                        hostless_rate=4.0, variable_rate=4.0, asteroid_rate=2.0, cosmic_ray_rate=400.0,
+                        hot_pixel_rate=100.0, bad_column_rate=8.0),
 }
 
 
@@ -304,10 +371,10 @@ def _psf_profile(config: SurveyConfig, seeing_arcsec: float) -> galsim.Moffat:
     return galsim.Moffat(beta=config.moffat_beta, fwhm=fwhm, trunc=6 * fwhm, gsparams=_GSPARAMS)
 
 
-def _point_psf(moffat: galsim.GSObject) -> galsim.InterpolatedImage:
+def _point_psf(moffat: galsim.GSObject, fwhm: float | None = None) -> galsim.InterpolatedImage:
     # Pixel-integrated PSF drawn once at 4x oversampling: drawing a star from it costs
     # 0.14 ms vs 1.5 ms for galsim's per-star FFT convolution (300 stars, 2000x1128).
-    n = int(2 * math.ceil(8 * moffat.fwhm) * 4 + 1)
+    n = int(2 * math.ceil(8 * (moffat.fwhm if fwhm is None else fwhm)) * 4 + 1)
     with warnings.catch_warnings():  # FFT is faster than galsim's suggested real-space here
         warnings.simplefilter("ignore", galsim.GalSimWarning)
         img = galsim.Convolve(moffat, galsim.Pixel(1.0), real_space=False).drawImage(nx=n, ny=n, scale=0.25, method="no_pixel")
@@ -329,13 +396,15 @@ def _draw_points(img: galsim.Image, psf: galsim.GSObject, x, y, flux, fwhm_px: f
                                           add_to_image=True, method="no_pixel")
 
 
-def _draw_galaxies(img: galsim.Image, moffat: galsim.GSObject, gal: pd.DataFrame, xcol: str, ycol: str) -> None:
+def _draw_galaxies(img: galsim.Image, moffat: galsim.GSObject, gal: pd.DataFrame, xcol: str, ycol: str,
+                   fwhm: float | None = None) -> None:
+    fwhm = moffat.fwhm if fwhm is None else fwhm
     for row in gal.itertuples(index=False):
         x, y = getattr(row, xcol), getattr(row, ycol)
         prof = galsim.Sersic(n=float(row.sersic_n), half_light_radius=float(row.r_half_px), flux=float(row.flux_adu),
                              trunc=6 * float(row.r_half_px), gsparams=_GSPARAMS)
         prof = prof.shear(g=float(row.ellipticity), beta=float(row.theta) * galsim.radians)
-        h = int(np.clip(4 * row.r_half_px + 3 * moffat.fwhm, 12, 96))
+        h = int(np.clip(4 * row.r_half_px + 3 * fwhm, 12, 96))
         gx, gy = x + 1.0, y + 1.0
         ix, iy = int(round(gx)), int(round(gy))
         b = galsim.BoundsI(ix - h, ix + h, iy - h, iy + h) & img.bounds
@@ -381,8 +450,12 @@ def _empty(columns: list[str]) -> pd.DataFrame:
 
 
 _STR_COLS = {"night", "exposure", "sensor", "kind", "event_id", "artifact_id", "star_id", "galaxy_id",
-             "host_id", "obj_id"}
+             "host_id", "obj_id", "scope"}
 _BASE = ["night", "exposure", "sensor", "field", "visit", "mjd", "x", "y", "ra", "dec", "mag", "flux_adu", "kind"]
+# artifact truth: extent_px (radius of a point artifact or annulus, length of a line), angle (rad from
+# +x of a line / box; NaN: point-like), width_px (half-width of a line / box / annulus; 0 and no
+# angle: a disc of radius extent_px), scope (see ARTIFACT_KINDS)
+_ART_EXTRA = ["artifact_id", "extent_px", "angle", "width_px", "scope"]
 
 
 # ----------------------------------------------------------------------------- static sky
@@ -445,8 +518,33 @@ def simulate_field_sensor(config: SurveyConfig, night: str, field: int, sensor: 
     ordinal = day.toordinal()
     sid = sensor_id(sensor)
     stars, galaxies, ref_offset = _static_sky(config, field, sensor, seed)
+    # static realism extras (crowded patch, ref masks / edges, which bright stars spike / bleed /
+    # ghost) from their own stream, so that the old streams -- and, with the rates at 0, the old
+    # images -- are unchanged
+    srng = np.random.default_rng(np.random.SeedSequence([seed, 3, field, sensor]))
+    crowd = None
+    if config.crowded_rate > 0 and srng.uniform() < config.crowded_rate and config.crowded_stars > 0:
+        R = float(srng.uniform(*config.crowded_radius_px))
+        cxy = (float(srng.uniform(R / 2, config.nx - R / 2)), float(srng.uniform(R / 2, config.ny - R / 2)))
+        n = config.crowded_stars
+        rr, ph = R * np.sqrt(srng.uniform(0, 1, n)), srng.uniform(0, 2 * np.pi, n)
+        lo, hi = config.star_mag_range
+        cra, cdec = sensor_wcs(config, field, sensor).all_pix2world(cxy[0] + rr * np.cos(ph), cxy[1] + rr * np.sin(ph), 0)
+        extra = pd.DataFrame({"star_id": [f"f{field:03d}s{sensor:02d}-c{i:05d}" for i in range(n)], "ra": cra,
+                              "dec": cdec, "mag": _powerlaw_mags(srng, n, lo, hi, config.star_slope)})
+        stars = pd.concat([stars, extra], ignore_index=True)
+        crowd = (cxy, R)
     stars["flux_adu"] = _flux(config, stars["mag"])
     galaxies["flux_adu"] = _flux(config, galaxies["mag"])
+    if config.spike_rate or config.bleed_rate or config.halo_rate:
+        u_star = srng.uniform(size=(3, len(stars)))
+        spiky, bleeds, halos = (u_star[0] < config.spike_rate, u_star[1] < config.bleed_rate,
+                                u_star[2] < config.halo_rate)
+    else:
+        spiky = bleeds = halos = np.zeros(len(stars), bool)
+    sat = float(config.saturation)
+    sky_sig = _sky_sigma(config)
+    spike_angle = math.radians(config.spike_angle_deg)
 
     # ---- reference (static: depends on seed, field, sensor only)
     nominal = sensor_wcs(config, field, sensor)
@@ -459,9 +557,35 @@ def simulate_field_sensor(config: SurveyConfig, night: str, field: int, sensor: 
     grx, gry = true_ref_wcs.all_world2pix(galaxies["ra"], galaxies["dec"], 0)
     gal_ref = galaxies.assign(xr=grx, yr=gry)
     _draw_galaxies(ref_img, ref_moffat, gal_ref, "xr", "yr")
+    ref_peak = stars["flux_adu"].to_numpy() * _peak_frac(config, ref_moffat.fwhm)
+    sel = spiky & (ref_peak >= config.bright_star_peak * sat)
+    if sel.any() and config.ref_spike_scale > 0:
+        _add_spikes(ref_img.array, rx[sel], ry[sel], ref_peak[sel], ref_moffat.fwhm,
+                    config.spike_strength * config.ref_spike_scale,
+                    spike_angle + math.radians(config.ref_spike_rotation_deg), sky_sig / math.sqrt(config.ref_n_stack))
     g_ref = config.gain * config.ref_n_stack
     rn_ref = config.read_noise * math.sqrt(config.ref_n_stack)
     ref = _noisy(rng_ref, ref_img.array + config.sky_level, g_ref, rn_ref, config.saturation)
+    sel = bleeds & (ref_peak >= sat)
+    if sel.any():
+        _add_bleeds(ref, ref_img.array + config.sky_level, rx[sel], ry[sel], ref_moffat.fwhm, sat)
+        np.minimum(ref, np.float32(sat), out=ref)
+    ref_sig = math.sqrt(config.sky_level / g_ref + (rn_ref / g_ref) ** 2)
+    ref_boxes = []  # (kind, x0, x1, y0, y1) in ref pixels
+    for _ in range(int(srng.poisson(config.ref_mask_rate)) if config.ref_mask_rate else 0):
+        w, h = srng.uniform(*config.ref_mask_size_px, 2)
+        x0, y0 = srng.uniform(0, config.nx - w), srng.uniform(0, config.ny - h)
+        b = (int(x0), int(x0 + w), int(y0), int(y0 + h))
+        ref[b[2]:b[3], b[0]:b[1]] = (config.sky_level + ref_sig * srng.standard_normal((b[3] - b[2], b[1] - b[0]))).astype(np.float32)
+        ref_boxes.append(("masked_ref",) + b)
+    if config.ref_edge_rate and srng.uniform() < config.ref_edge_rate:
+        for side in srng.choice(4, int(srng.integers(1, 3)), replace=False):
+            w = int(srng.uniform(*config.ref_edge_px))
+            b = [(0, w, 0, config.ny), (config.nx - w, config.nx, 0, config.ny), (0, config.nx, 0, w),
+                 (0, config.nx, config.ny - w, config.ny)][int(side)]
+            shape = (b[3] - b[2], b[1] - b[0])
+            ref[b[2]:b[3], b[0]:b[1]] += (ref_sig * (3 * srng.standard_normal(shape) + srng.uniform(-1, 1))).astype(np.float32)
+            ref_boxes.append(("ref_edge",) + b)
     ref_header = _header(config, nominal, exposure=f"ref-f{field:03d}", sensor=sensor, field=field, visit=-1,
                          night="", mjd=REF_MJD, gain=g_ref, read_noise=rn_ref, seeing=config.ref_seeing,
                          ncombine=config.ref_n_stack)
@@ -486,6 +610,22 @@ def simulate_field_sensor(config: SurveyConfig, night: str, field: int, sensor: 
     mjd0 = Time(day.isoformat() + "T12:00:00", scale="utc").mjd
     events = _draw_events(config, rng, stars, galaxies, nominal, night, field, sensor, mjd0)
     hot, badcol = _draw_static_artifacts(config, rng)
+    nrng = np.random.default_rng(np.random.SeedSequence([seed, ordinal, field, sensor, 9999]))
+    events = _realism_events(config, nrng, events, galaxies, nominal, night, field, sensor, mjd0)
+    pattern_amp = 0.0
+    if config.pattern_noise_rate and nrng.uniform() < config.pattern_noise_rate:
+        pattern_amp = float(nrng.uniform(*config.pattern_noise_adu)) * sky_sig
+    nd = int(nrng.poisson(config.dead_pixel_rate)) if config.dead_pixel_rate else 0
+    dead = (nrng.integers(0, config.nx - 2, nd), nrng.integers(0, config.ny - 1, nd), nrng.integers(1, 4, nd),
+            nrng.integers(1, 3, nd), nrng.uniform(0.0, 0.3, nd))  # x, y, width, height (px), sky fraction left
+    shift = np.zeros((len(stars), 2))
+    if config.dipole_rate:
+        moved = nrng.uniform(size=len(stars)) < config.dipole_rate
+        d, a = nrng.uniform(*config.dipole_shift_px, len(stars)), nrng.uniform(0, 2 * np.pi, len(stars))
+        shift[moved] = np.c_[d * np.cos(a), d * np.sin(a)][moved]
+    else:
+        moved = np.zeros(len(stars), bool)
+    star_gain = 1.0 + config.star_flux_scatter * nrng.standard_normal(len(stars)) if config.star_flux_scatter else None
 
     visits: list[VisitImage] = []
     star_rows, gal_rows, ev_rows, art_rows = [], [], [], []
@@ -496,39 +636,176 @@ def simulate_field_sensor(config: SurveyConfig, night: str, field: int, sensor: 
         jitter = tuple(float(v) for v in prng.normal(0.0, config.pointing_jitter_px, 2))
         seeing = float(prng.uniform(*config.seeing_range))
         vrng = np.random.default_rng(np.random.SeedSequence([seed, ordinal, field, sensor, 1 + visit]))
+        arng = np.random.default_rng(np.random.SeedSequence([seed, ordinal, field, sensor, 1 + visit, 1]))
         wcs = sensor_wcs(config, field, sensor, jitter)
         moffat = _psf_profile(config, seeing)
-        psf = _point_psf(moffat)
+        fwhm = moffat.fwhm
+        shear = None
+        if config.tracking_error_rate:  # shared by all sensors of the exposure
+            trng = np.random.default_rng(np.random.SeedSequence([seed, ordinal, field, 200000 + visit]))
+            if trng.uniform() < config.tracking_error_rate:
+                shear = (float(trng.uniform(*config.tracking_error_shear)), float(trng.uniform(0, np.pi)))
+        prof = moffat if shear is None else moffat.shear(g=shear[0], beta=shear[1] * galsim.radians)
+        psf = _point_psf(prof, fwhm)
         img = galsim.Image(config.nx, config.ny, scale=1.0, dtype=np.float64)
         common = dict(night=night, exposure=exp, sensor=sid, field=field, visit=visit, mjd=mjd)
+        extra_art: list[dict] = []
+
+        def aid(tag, i):
+            return f"{exp}-s{sensor:02d}-{tag}{i:03d}"
 
         x, y = wcs.all_world2pix(stars["ra"], stars["dec"], 0)
+        x, y = x + shift[:, 0], y + shift[:, 1]
         flux = stars["flux_adu"].to_numpy().copy()
+        if star_gain is not None:
+            flux *= np.clip(star_gain, 0.5, 1.5)
         var = events[events["kind"] == "variable"]
         if len(var):
             idx = stars.index.get_indexer(var["star_index"].astype(int))
             flux[idx] += var["delta_flux_adu"].to_numpy()
-        _draw_points(img, psf, x, y, flux, moffat.fwhm)
-        star_rows.append(stars[["star_id", "ra", "dec", "mag", "flux_adu"]].assign(x=x, y=y, kind="star", **common))
+        zone_psf = _zone_psfs(config, psf, fwhm, x, y) if config.psf_variation > 0 else None
+        if zone_psf is None:
+            _draw_points(img, psf, x, y, flux, fwhm)
+        else:
+            for zpsf, zf, m in zone_psf:
+                _draw_points(img, zpsf, x[m], y[m], flux[m], zf)
+        ext = _radius_above(config, flux * _peak_frac(config, fwhm), 5 * sky_sig, fwhm)
+        star_rows.append(stars[["star_id", "ra", "dec", "mag", "flux_adu"]].assign(x=x, y=y, extent_px=ext,
+                                                                                  kind="star", **common))
 
         gx, gy = wcs.all_world2pix(galaxies["ra"], galaxies["dec"], 0)
         gal_v = galaxies.assign(x=gx, y=gy)
-        _draw_galaxies(img, moffat, gal_v, "x", "y")
+        _draw_galaxies(img, prof, gal_v, "x", "y", fwhm)
         gal_rows.append(gal_v.assign(kind="galaxy", **common))
 
         ev = events[events["kind"] != "variable"]
         ex, ey = _event_positions(config, ev, wcs, mjd)
-        _draw_points(img, psf, ex, ey, ev["flux_adu"].to_numpy(), moffat.fwhm)
-        ev_v = ev.assign(x=ex, y=ey)
+        trail = _trail_px(config, ev)
+        ev_angle = np.arctan2(ev["vy"].to_numpy(float), ev["vx"].to_numpy(float)) if len(ev) else np.zeros(0)
+        pts = trail <= 1.0
+        if zone_psf is None:
+            _draw_points(img, psf, ex[pts], ey[pts], ev["flux_adu"].to_numpy()[pts], fwhm)
+        else:
+            for zpsf, zf, m in _zone_psfs(config, psf, fwhm, ex, ey, psfs=zone_psf):
+                _draw_points(img, zpsf, ex[m & pts], ey[m & pts], ev["flux_adu"].to_numpy()[m & pts], zf)
+        tx, ty = ex.copy(), ey.copy()
+        for j in np.flatnonzero(~pts):  # trailed asteroids: points every 0.5 px along the exposure's motion
+            k = int(math.ceil(trail[j] / 0.5)) + 1
+            f = np.linspace(0, 1, k)
+            c, s = math.cos(ev_angle[j]), math.sin(ev_angle[j])
+            _draw_points(img, psf, ex[j] + f * trail[j] * c, ey[j] + f * trail[j] * s,
+                         np.full(k, ev["flux_adu"].iloc[j] / k), fwhm)
+            tx[j], ty[j] = ex[j] + 0.5 * trail[j] * c, ey[j] + 0.5 * trail[j] * s
+        ev_v = ev.assign(x=tx, y=ty, extent_px=np.where(pts, 0.0, trail), angle=np.where(pts, np.nan, ev_angle))
         vx, vy = wcs.all_world2pix(var["ra"], var["dec"], 0) if len(var) else (np.zeros(0), np.zeros(0))
-        ev_v = pd.concat([ev_v, var.assign(x=vx, y=vy)], ignore_index=True) if len(var) else ev_v
+        if len(var):  # a variable star that is also displaced (dipole_rate) sits where it is drawn
+            vi = stars.index.get_indexer(var["star_index"].astype(int))
+            vx, vy = vx + shift[vi, 0], vy + shift[vi, 1]
+        ev_v = pd.concat([ev_v, var.assign(x=vx, y=vy, extent_px=0.0, angle=np.nan)], ignore_index=True) if len(var) else ev_v
         ev_v = ev_v.assign(**common)
         ev_v = ev_v[(ev_v["x"] >= -0.5) & (ev_v["x"] < config.nx - 0.5)
                     & (ev_v["y"] >= -0.5) & (ev_v["y"] < config.ny - 0.5)]
         ev_rows.append(ev_v)
 
-        new = _noisy(vrng, img.array + config.sky_level, config.gain, config.read_noise, np.inf)
+        # bright stars: spikes and ghosts (photons: before the noise), saturated cores and bleeds
+        on = (x > -20) & (x < config.nx + 20) & (y > -20) & (y < config.ny + 20)
+        peak = flux * _peak_frac(config, fwhm)
+        sel = spiky & on & (peak >= config.bright_star_peak * sat)
+        r_core = _radius_above(config, peak[sel], sat, fwhm) + 1.5 * fwhm  # the star's own core
+        for n, sx, sy, L in _add_spikes(img.array, x[sel], y[sel], peak[sel], fwhm, config.spike_strength,
+                                        spike_angle, sky_sig):
+            r0, i = min(float(r_core[n]), L - 1), n
+            for k in range(4):  # one row per arm, from the edge of the core to the tip
+                a = spike_angle + k * math.pi / 2
+                rm = (r0 + L) / 2
+                extra_art.append(dict(kind="diffraction_spike", x=sx + rm * math.cos(a), y=sy + rm * math.sin(a),
+                                      flux_adu=np.nan, extent_px=L - r0, angle=a, width_px=fwhm / 2,
+                                      scope="point", artifact_id=aid("spk", 4 * i + k)))
+        sel = halos & on & (peak >= config.bright_star_peak * sat)
+        if sel.any():
+            hf = nrng.uniform(*config.halo_flux_fraction, int(sel.sum()))
+            hr = nrng.uniform(*config.halo_radius_px, int(sel.sum()))
+            for i, (hx, hy, R, f) in enumerate(_add_halos(img.array, x[sel], y[sel], flux[sel], hf, hr,
+                                                          ((config.nx - 1) / 2, (config.ny - 1) / 2))):
+                extra_art.append(dict(kind="halo", x=hx, y=hy, flux_adu=f, extent_px=R, angle=np.nan,
+                                      width_px=0.3 * R, scope="point", artifact_id=aid("hal", i)))  # an annulus
+        for i in range(int(arng.poisson(config.satellite_rate)) if config.satellite_rate else 0):
+            x0, y0, a = arng.uniform(0, config.nx), arng.uniform(0, config.ny), arng.uniform(0, np.pi)
+            sig = fwhm / 2.3548 * arng.uniform(1.0, 2.5)  # LEO satellites are slightly out of focus
+            amp = float(arng.uniform(*config.satellite_adu))
+            rr, cc, val, bb = _trail_columns(img.array.shape, x0, y0, a, sig, amp, arng)
+            np.add.at(img.array, (rr, cc), val)
+            if bb is not None:
+                L = math.hypot(bb[1] - bb[0], bb[3] - bb[2])
+                extra_art.append(dict(kind="satellite_trail", x=(bb[0] + bb[1]) / 2, y=(bb[2] + bb[3]) / 2,
+                                      flux_adu=amp, extent_px=L, angle=a, width_px=3 * sig + 1, scope="point",
+                                      artifact_id=aid("sat", i)))
+
+        model = img.array + config.sky_level
+        new = _noisy(vrng, model, config.gain, config.read_noise, np.inf)
         arts = _apply_artifacts(config, vrng, new, hot, badcol, common, wcs, field, sensor)
+        for i in range(int(arng.poisson(config.cosmic_ray_track_rate)) if config.cosmic_ray_track_rate else 0):
+            L, a = float(arng.uniform(5, 40)), float(arng.uniform(0, np.pi))
+            cx0, cy0 = arng.uniform(0, config.nx), arng.uniform(0, config.ny)
+            t = np.arange(-L / 2, L / 2, 0.5)
+            px = np.round(cx0 + t * math.cos(a)).astype(int)
+            py = np.round(cy0 + t * math.sin(a)).astype(int)
+            ok = (px >= 0) & (px < config.nx) & (py >= 0) & (py < config.ny)
+            pix = np.unique(np.c_[py[ok], px[ok]], axis=0)
+            if not len(pix):
+                continue
+            pk = float(arng.uniform(*config.cosmic_ray_adu))
+            new[pix[:, 0], pix[:, 1]] += (pk * arng.uniform(0.3, 1.0, len(pix))).astype(np.float32)
+            extra_art.append(dict(kind="cosmic_ray", x=float(cx0), y=float(cy0), flux_adu=pk, extent_px=L, angle=a,
+                                  width_px=1.0, scope="point", artifact_id=aid("trk", i)))
+        for i, (dx_, dy_, w_, h_, f_) in enumerate(zip(*dead)):
+            new[dy_:dy_ + h_, dx_:dx_ + w_] = np.float32(f_ * config.sky_level)
+            extra_art.append(dict(kind="dead_pixel", x=dx_ + (w_ - 1) / 2, y=dy_ + (h_ - 1) / 2,
+                                  flux_adu=-config.sky_level, extent_px=float(max(w_, h_)), angle=np.nan,
+                                  width_px=0.0, scope="point",
+                                  artifact_id=f"{night}-f{field:03d}-s{sensor:02d}-dead{i:03d}"))
+        if pattern_amp > 0:
+            new += _pattern(new.shape, arng, pattern_amp)
+            extra_art.append(dict(kind="pattern_noise", x=(config.nx - 1) / 2, y=(config.ny - 1) / 2,
+                                  flux_adu=pattern_amp, extent_px=float(config.nx), angle=0.0,
+                                  width_px=config.ny / 2, scope="background", artifact_id=aid("pat", 0)))
+        sel = bleeds & on & (peak >= sat)
+        if sel.any():
+            for i, (bx, by, L, nc) in enumerate(_add_bleeds(new, model, x[sel], y[sel], fwhm, sat)):
+                extra_art.append(dict(kind="bleed_trail", x=bx, y=by, flux_adu=sat, extent_px=L, angle=math.pi / 2,
+                                      width_px=nc / 2 + 0.5, scope="point", artifact_id=aid("blt", i)))
+        sel = on & (peak >= sat) & config.saturated_star_truth
+        for i, j in enumerate(np.flatnonzero(sel)):
+            r = float(_radius_above(config, peak[j], sat, fwhm))
+            extra_art.append(dict(kind="saturated_star", x=float(x[j]), y=float(y[j]), flux_adu=float(flux[j]),
+                                  extent_px=r + fwhm, angle=np.nan, width_px=0.0, scope="point",
+                                  artifact_id=aid("sst", i)))
+        sel = moved & on & (peak >= 3 * sky_sig)
+        for i, j in enumerate(np.flatnonzero(sel)):
+            extra_art.append(dict(kind="dipole", x=float(x[j]), y=float(y[j]), flux_adu=float(flux[j]),
+                                  extent_px=float(np.hypot(*shift[j]) + max(fwhm / 2, ext[j])), angle=np.nan, width_px=0.0,
+                                  scope="point", artifact_id=aid("dip", i)))
+        if shear is not None:
+            extra_art.append(dict(kind="tracking_error", x=(config.nx - 1) / 2, y=(config.ny - 1) / 2,
+                                  flux_adu=shear[0], extent_px=float(config.nx), angle=0.0, width_px=config.ny / 2,
+                                  scope="area", artifact_id=aid("trk-err", 0)))
+        if crowd is not None:
+            (ccx, ccy), R = crowd
+            wx, wy = nominal.all_pix2world([ccx], [ccy], 0)
+            nx_, ny_ = wcs.all_world2pix(wx, wy, 0)
+            extra_art.append(dict(kind="crowded_field", x=float(nx_[0]), y=float(ny_[0]), flux_adu=np.nan,
+                                  extent_px=R, angle=np.nan, width_px=0.0, scope="area", artifact_id=aid("crw", 0)))
+        for i, (kind, bx0, bx1, by0, by1) in enumerate(ref_boxes):
+            wx, wy = true_ref_wcs.all_pix2world([(bx0 + bx1 - 1) / 2], [(by0 + by1 - 1) / 2], 0)
+            nx_, ny_ = wcs.all_world2pix(wx, wy, 0)
+            extra_art.append(dict(kind=kind, x=float(nx_[0]), y=float(ny_[0]), flux_adu=np.nan,
+                                  extent_px=float(bx1 - bx0), angle=0.0, width_px=(by1 - by0) / 2,
+                                  scope="area" if kind == "masked_ref" else "point", artifact_id=aid(kind[:5], i)))
+        if extra_art:
+            ea = _art_rows(extra_art)
+            ea["ra"], ea["dec"] = wcs.all_pix2world(ea["x"].to_numpy(float), ea["y"].to_numpy(float), 0)
+            ea = ea.assign(mag=np.nan, **common)
+            arts = pd.concat([arts, ea[arts.columns]], ignore_index=True) if len(arts) else ea[arts.columns]
         np.minimum(new, np.float32(config.saturation), out=new)
         art_rows.append(arts)
         header = _header(config, wcs, exposure=exp, sensor=sensor, field=field, visit=visit, night=night, mjd=mjd,
@@ -541,17 +818,74 @@ def simulate_field_sensor(config: SurveyConfig, night: str, field: int, sensor: 
 
     stars_t = _inside(pd.concat(star_rows, ignore_index=True)).reset_index(drop=True)
     gal_t = _inside(pd.concat(gal_rows, ignore_index=True)).reset_index(drop=True)
-    ev_cols = _BASE + ["event_id", "host_id", "host_offset_arcsec", "delta_flux_adu", "t_start_mjd"]
+    ev_cols = _BASE + ["event_id", "host_id", "host_offset_arcsec", "delta_flux_adu", "t_start_mjd", "extent_px", "angle"]
     ev_t = pd.concat(ev_rows, ignore_index=True)
     ev_t = ev_t[ev_cols].reset_index(drop=True) if len(ev_t) else _empty(ev_cols)
-    art_t = pd.concat(art_rows, ignore_index=True) if art_rows else _empty(_BASE + ["artifact_id"])
+    art_t = pd.concat(art_rows, ignore_index=True) if art_rows else _empty(_BASE + _ART_EXTRA)
     return FieldSensorSimulation(
         night=night, field=field, sensor=sensor, sensor_id=sid, ref=ref, ref_header=ref_header,
         visits=tuple(visits), catalog=catalog,
-        stars=stars_t[_BASE + ["star_id"]],
+        stars=stars_t[_BASE + ["star_id", "extent_px"]],
         galaxies=gal_t[_BASE + ["galaxy_id", "sersic_n", "r_half_px", "ellipticity", "theta"]],
         events=ev_t, artifacts=art_t.reset_index(drop=True), ref_offset=ref_offset,
     )
+
+
+def _zone_psfs(config, prof, fwhm, x, y, nz: int = 4, psfs=None):
+    """Field-varying PSF: nz radial zones (by r^2 from the sensor centre, r = 1 at a corner), zone k
+    drawn with FWHM x (1 + psf_variation (k + 0.5) / nz). Returns [(psf, fwhm_k, mask of x, y)]."""
+    cx, cy = (config.nx - 1) / 2, (config.ny - 1) / 2
+    r2 = ((np.asarray(x) - cx) ** 2 + (np.asarray(y) - cy) ** 2) / (cx**2 + cy**2)
+    zone = np.clip((r2 * nz).astype(int), 0, nz - 1)
+    out = []
+    for k in range(nz):
+        if psfs is not None:
+            zpsf, zf = psfs[k][0], psfs[k][1]
+        else:
+            fac = 1 + config.psf_variation * (k + 0.5) / nz
+            zf = fwhm * fac
+            # dilating the pixel-integrated PSF (instead of a new InterpolatedImage: 85 ms each)
+            # also widens its pixel response by fac: a < 1 % FWHM error for fac <= 1.2
+            zpsf = prof.dilate(fac)
+        out.append((zpsf, zf, zone == k))
+    return out
+
+
+def _trail_px(config, ev: pd.DataFrame) -> np.ndarray:
+    """Length (px) an event moves during one exposure (asteroids; 0 for the rest)."""
+    if not len(ev):
+        return np.zeros(0)
+    return np.hypot(ev["vx"].to_numpy(float), ev["vy"].to_numpy(float)) * config.exptime / 60.0
+
+
+def _realism_events(config, nrng, events, galaxies, wcs, night, field, sensor, mjd0) -> pd.DataFrame:
+    """Fast (trailed) asteroids and host-tied SN magnitudes (their own stream: see simulate_field_sensor)."""
+    ev = events.copy()
+    if config.sn_host_dmag is not None and (ev["kind"] == "supernova").any():
+        sn = ev["kind"] == "supernova"
+        hmag = galaxies.set_index("galaxy_id")["mag"].reindex(ev.loc[sn, "host_id"]).to_numpy(float)
+        mu, sig = config.sn_host_dmag
+        mag = np.clip(hmag + nrng.normal(mu, sig, int(sn.sum())), *config.event_mag_range)
+        ev.loc[sn, "mag"] = mag
+        ev.loc[sn, "flux_adu"] = _flux(config, mag)
+    rows = []
+    for i in range(int(nrng.poisson(config.fast_asteroid_rate)) if config.fast_asteroid_rate else 0):
+        v = int(nrng.integers(config.n_visits))
+        speed = nrng.uniform(*config.fast_asteroid_speed) / config.pixel_scale
+        ang = nrng.uniform(0, 2 * np.pi)
+        x0, y0 = nrng.uniform(5, config.nx - 6), nrng.uniform(5, config.ny - 6)
+        ra, dec = wcs.all_pix2world([x0], [y0], 0)
+        mag = nrng.uniform(*config.event_mag_range)
+        rows.append({"kind": "asteroid", "event_id": f"{night}-f{field:03d}-s{sensor:02d}-fast{i:03d}",
+                     "host_id": None, "host_offset_arcsec": np.nan, "delta_flux_adu": np.nan,
+                     "t_start_mjd": mjd0, "vx": speed * math.cos(ang), "vy": speed * math.sin(ang),
+                     "star_index": -1, "x0": x0, "y0": y0, "mag": mag, "ra": float(ra[0]), "dec": float(dec[0]),
+                     "flux_adu": float(_flux(config, mag)),
+                     # on the sensor (near (x0, y0)) during visit v, not before or after
+                     "mjd_ref": mjd0 + v * config.visit_interval_min / 1440.0 + field * config.field_time_s / 86400.0})
+    if rows:
+        ev = pd.concat([ev, pd.DataFrame(rows)[ev.columns]], ignore_index=True)
+    return ev
 
 
 def _draw_events(config, rng, stars, galaxies, wcs, night, field, sensor, mjd0) -> pd.DataFrame:
@@ -668,13 +1002,183 @@ def _apply_artifacts(config, rng, new, hot, bad, common, wcs, field, sensor) -> 
                          artifact_id=f"{exp}-s{sensor:02d}-cr{i:03d}"))
     cols = ["kind", "x", "y", "flux_adu", "extent_px", "artifact_id"]
     df = pd.DataFrame(rows, columns=cols)
+    df["angle"] = np.where(df["kind"] == "bad_column", math.pi / 2, np.nan)
+    df["width_px"] = 0.0
+    df["scope"] = "point"
     if len(df):
         df["ra"], df["dec"] = wcs.all_pix2world(df["x"].to_numpy(float), df["y"].to_numpy(float), 0)
     else:
         df["ra"], df["dec"] = np.zeros(0), np.zeros(0)
     df["mag"] = np.nan
     df = df.assign(**common)
-    return df[_BASE + ["artifact_id", "extent_px"]]
+    return df[_BASE + _ART_EXTRA]
+
+
+# ----------------------------------------------------------------------------- realism artifacts
+# Each helper is vectorised over pixels (numpy patches) and loops only over the few affected
+# objects; with every rate at 0 none of them draws a random number, so old images stay identical.
+
+_ART_COLS = ["kind", "x", "y", "flux_adu", "extent_px", "angle", "width_px", "scope", "artifact_id"]
+
+
+def _moffat_alpha(config: SurveyConfig, fwhm: float) -> float:
+    return fwhm / (2 * math.sqrt(2 ** (1 / config.moffat_beta) - 1))
+
+
+def _peak_frac(config: SurveyConfig, fwhm: float) -> float:
+    """Central surface brightness / flux of the Moffat PSF (px^-2)."""
+    return (config.moffat_beta - 1) / (math.pi * _moffat_alpha(config, fwhm) ** 2)
+
+
+def _radius_above(config: SurveyConfig, peak, level, fwhm: float) -> np.ndarray:
+    """Radius (px) inside which a Moffat of central value ``peak`` exceeds ``level`` (0 if never)."""
+    ratio = np.asarray(peak, float) / max(float(level), 1e-12)
+    r = _moffat_alpha(config, fwhm) * np.sqrt(np.clip(ratio, 1, None) ** (1 / config.moffat_beta) - 1)
+    return np.where(ratio > 1, r, 0.0)
+
+
+def _sky_sigma(config: SurveyConfig) -> float:
+    return math.sqrt(config.sky_level / config.gain + (config.read_noise / config.gain) ** 2)
+
+
+def _patch(shape, x: float, y: float, h: int):
+    """Slices and relative coordinate grids (dx, dy) of a (2h+1)^2 box around (x, y) clipped to shape."""
+    ny, nx = shape
+    ix, iy = int(round(x)), int(round(y))
+    x0, x1, y0, y1 = max(ix - h, 0), min(ix + h + 1, nx), max(iy - h, 0), min(iy + h + 1, ny)
+    if x0 >= x1 or y0 >= y1:
+        return None
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    return (slice(y0, y1), slice(x0, x1)), xx - x, yy - y
+
+
+def _add_spikes(arr: np.ndarray, x, y, peak, fwhm: float, strength: float, angle: float,
+                sky_sigma: float) -> list[tuple]:
+    """Diffraction-spike crosses (surface brightness strength x peak x (FWHM / d)^2, Gaussian
+    cross-section of the seeing) around each (x, y); returns (index, x, y, half_length) per star drawn."""
+    out = []
+    w = fwhm / 2.3548
+    for n, (xi, yi, pk) in enumerate(zip(x, y, peak)):
+        amp = strength * pk
+        L = float(np.clip(fwhm * math.sqrt(max(amp, 0) / (0.5 * sky_sigma)), 2 * fwhm, 250.0))
+        p = _patch(arr.shape, xi, yi, int(L) + 1)
+        if p is None or amp <= 0:
+            continue
+        sl, dx, dy = p
+        add = np.zeros(dx.shape)
+        for a in (angle, angle + math.pi / 2):
+            t = dx * math.cos(a) + dy * math.sin(a)
+            q = -dx * math.sin(a) + dy * math.cos(a)
+            near = np.abs(q) < 4 * w
+            at = np.abs(t[near])
+            add[near] += amp * (fwhm / np.maximum(at, fwhm)) ** 2 * np.exp(-0.5 * (q[near] / w) ** 2) * (at < L)
+        arr[sl] += add
+        out.append((n, float(xi), float(yi), L))
+    return out
+
+
+def _add_halos(arr: np.ndarray, x, y, flux, frac, radius, center) -> list[tuple]:
+    """Reflection ghosts: Gaussian annuli (radius R, sigma 0.15 R) of frac x flux, shifted
+    radially away from the optical axis by 5 % of the star's distance from it."""
+    out = []
+    cx, cy = center
+    for xi, yi, f, fr, R in zip(x, y, flux, frac, radius):
+        hx, hy = xi + 0.05 * (xi - cx), yi + 0.05 * (yi - cy)
+        s = 0.15 * R
+        p = _patch(arr.shape, hx, hy, int(R + 4 * s) + 1)
+        if p is None:
+            continue
+        sl, dx, dy = p
+        ring = np.exp(-0.5 * ((np.hypot(dx, dy) - R) / s) ** 2)
+        norm = 2 * math.pi * R * s * math.sqrt(2 * math.pi)
+        arr[sl] += f * fr * ring / norm
+        out.append((float(hx), float(hy), float(R), float(f * fr)))
+    return out
+
+
+def _add_bleeds(new: np.ndarray, model: np.ndarray, x, y, fwhm: float, sat: float) -> list[tuple]:
+    """CCD blooming: the charge above full well in each column of a saturated star runs up and
+    down that column (total length = excess / saturation px); returns (x, y, length, ncols)."""
+    out = []
+    ny = new.shape[0]
+    for xi, yi in zip(x, y):
+        p = _patch(model.shape, xi, yi, int(4 * fwhm) + 2)
+        if p is None:
+            continue
+        sl, _, _ = p
+        sub = model[sl]
+        over = np.clip(sub - sat, 0, None)
+        cols = np.flatnonzero(over.sum(0) > 0)
+        if not len(cols):
+            continue
+        ys, ye = [], []
+        for c in cols:
+            run = np.flatnonzero(sub[:, c] >= sat) + sl[0].start
+            n = over[:, c].sum() / sat / 2  # px each way
+            k = int(n)
+            col = c + sl[1].start
+            lo, hi = max(run.min() - k, 0), min(run.max() + k + 1, ny)
+            new[lo:hi, col] = np.maximum(new[lo:hi, col], sat)
+            fr = (n - k) * sat
+            if lo - 1 >= 0:
+                new[lo - 1, col] += fr
+            if hi < ny:
+                new[hi, col] += fr
+            ys.append(lo - 1)
+            ye.append(hi)
+        y0, y1 = max(min(ys), 0), min(max(ye), ny - 1)
+        out.append((float(xi), (y0 + y1) / 2, float(y1 - y0 + 1), len(cols)))
+    return out
+
+
+def _trail_columns(shape, x0, y0, angle, sigma, amp, rng=None):
+    """Pixels and values of a straight trail across the whole image (Gaussian cross-section
+    sigma, peak amp, +-30 % brightness modulation along it when rng is given)."""
+    ny, nx = shape
+    h = int(math.ceil(4 * sigma)) + 1
+    c, s = math.cos(angle), math.sin(angle)
+    if abs(c) >= abs(s):  # mostly horizontal: one run of rows per column
+        u = np.arange(nx, dtype=float)
+        v = y0 + (u - x0) * s / c
+        k = np.arange(-h, h + 1)
+        rows = np.round(v)[:, None] + k[None, :]
+        dist = (rows - v[:, None]) * abs(c)
+        cols = np.broadcast_to(u[:, None], rows.shape)
+        along = u
+    else:
+        u = np.arange(ny, dtype=float)
+        v = x0 + (u - y0) * c / s
+        k = np.arange(-h, h + 1)
+        cols = np.round(v)[:, None] + k[None, :]
+        dist = (cols - v[:, None]) * abs(s)
+        rows = np.broadcast_to(u[:, None], cols.shape)
+        along = u
+    ok = (rows >= 0) & (rows < ny) & (cols >= 0) & (cols < nx)
+    mod = 1.0 if rng is None else (1 + 0.3 * np.sin(2 * math.pi * along / rng.uniform(50, 400) + rng.uniform(0, 6.3)))[:, None]
+    val = amp * mod * np.exp(-0.5 * (dist / sigma) ** 2)
+    return rows[ok].astype(int), cols[ok].astype(int), val[ok], (cols[ok].min(), cols[ok].max(),
+                                                                   rows[ok].min(), rows[ok].max()) if ok.any() else None
+
+
+def _pattern(shape, rng, amp: float) -> np.ndarray:
+    """Read-out pattern noise: a tilted sinusoid (herringbone, period 4-20 px) plus row banding."""
+    ny, nx = shape
+    kx, ky = 2 * math.pi / rng.uniform(4, 20), 2 * math.pi / rng.uniform(4, 20) * rng.choice([-1, 1])
+    ph = rng.uniform(0, 2 * math.pi)
+    xs, ys = np.arange(nx) * kx, np.arange(ny) * ky + ph
+    pat = np.outer(np.cos(ys), np.sin(xs)) + np.outer(np.sin(ys), np.cos(xs))  # sin(kx x + ky y + ph)
+    pat += 0.5 * rng.standard_normal(ny)[:, None]
+    return (amp * pat).astype(np.float32)
+
+
+def _art_rows(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=_ART_COLS)
+    if not len(df):
+        return df
+    df["angle"] = df["angle"].astype(float)
+    df["width_px"] = df["width_px"].fillna(0.0).astype(float)
+    df["scope"] = df["scope"].fillna("point")
+    return df
 
 
 # ----------------------------------------------------------------------------- TNS

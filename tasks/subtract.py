@@ -20,7 +20,8 @@ Steps of :func:`subtract`:
    images' variances -- sky (the larger of the measured background rms^2 and
    background / gain + (read noise / gain)^2, so sky-subtracted inputs work) plus the
    sources' Poisson term through the gain -- the convolved image's variance convolved
-   with the squared kernel.
+   with the squared kernel. A survey's weight map (``var_new`` / ``var_ref`` = 1 / weight)
+   replaces the sky term of its image; its zero-weight pixels are masked.
 5. NaN, zero-filled, masked or saturated pixels (and, for the convolved image, pixels
    within a kernel half-width of them) are masked: ``mask`` True, ``diff = noise = 0``.
 """
@@ -37,7 +38,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import ndimage, signal
 from scipy.spatial import cKDTree
 
-__all__ = ["SubtractConfig", "Subtraction", "subtract", "gaussian_basis"]
+__all__ = ["SubtractConfig", "Subtraction", "subtract", "gaussian_basis", "NoOverlapError"]
+
+
+class NoOverlapError(ValueError):
+    """The new and reference images do not overlap on the sky (per their WCS)."""
 
 
 class SubtractConfig(BaseModel):
@@ -156,7 +161,7 @@ def _registration(new_wcs: WCS, ref_wcs: WCS, shape_new, shape_ref):
     world = new_wcs.celestial.pixel_to_world_values(gx, gy)
     rx, ry = ref_wcs.celestial.world_to_pixel_values(*world)
     if not (np.all(np.isfinite(rx)) and np.all(np.isfinite(ry))):
-        raise ValueError("new_wcs/ref_wcs: images do not overlap (WCS mapping is undefined)")
+        raise NoOverlapError("new_wcs/ref_wcs: images do not overlap (WCS mapping is undefined)")
     A = _poly_terms(gx, gy, nx, ny)
     coef, *_ = np.linalg.lstsq(A, np.stack([rx, ry], axis=1), rcond=None)
     resid = np.abs(A @ coef - np.stack([rx, ry], axis=1)).max()
@@ -170,13 +175,30 @@ def _background(img: np.ndarray, bad: np.ndarray, box: int):
     return bkg.back().astype(np.float64), float(bkg.globalrms)
 
 
-def _variance(raw: np.ndarray, bkg: np.ndarray, sky_rms, gain: float, read_noise: float) -> np.ndarray:
+def _check_var(name: str, var, shape) -> np.ndarray | None:
+    """A variance map as float64 with every unusable pixel (NaN, inf, <= 0) set to inf."""
+    if var is None:
+        return None
+    var = np.asarray(var, dtype=np.float64)
+    if var.shape != tuple(shape):
+        raise ValueError(f"{name}: shape {var.shape} differs from its image's shape {tuple(shape)}")
+    var = np.where(np.isfinite(var) & (var > 0), var, np.inf)
+    if not np.isfinite(var).any():
+        raise ValueError(f"{name}: no pixel has a positive finite variance (every weight is 0)")
+    return var
+
+
+def _variance(raw: np.ndarray, bkg: np.ndarray, sky_rms, gain: float, read_noise: float,
+              given: bool = False) -> np.ndarray:
     """Per-pixel variance (ADU^2): sky term + Poisson of the sources through the gain.
 
     The sky term is the larger of the measured background variance and the one predicted
     from the background level (bkg / gain + (read_noise / gain)^2), so that sky-subtracted
-    images (background ~ 0) still get their sky noise.
+    images (background ~ 0) still get their sky noise. With ``given``, ``sky_rms`` is a
+    variance map (ADU^2) from the survey's weight map and is used as the sky term as is.
     """
+    if given:
+        return np.asarray(sky_rms, float) + np.clip(raw - bkg, 0, None) / gain
     sky = np.maximum(np.asarray(sky_rms, float) ** 2, np.clip(bkg, 0, None) / gain + (read_noise / gain) ** 2)
     return sky + np.clip(raw - bkg, 0, None) / gain
 
@@ -214,11 +236,17 @@ def subtract(
     saturation_new: float = float("inf"),
     saturation_ref: float = float("inf"),
     config: SubtractConfig = SubtractConfig(),
+    var_new=None,
+    var_ref=None,
 ) -> Subtraction:
     """Subtract ``ref`` (any shape, own WCS) from ``new`` (ny, nx) after PSF matching.
 
     Images in ADU with sky; ``gain_*`` in e-/ADU and ``read_noise_*`` in e- give the noise
-    model. Returns a :class:`Subtraction` on the new grid. Raises ``ValueError`` for
+    model. ``var_new`` / ``var_ref`` (optional, each of its image's shape): background
+    variance maps in ADU^2 (1 / inverse-variance weight; inf, NaN or <= 0 = masked). Given,
+    one replaces the measured / predicted sky term of that image; the sources' Poisson term
+    through the gain is still added (SExtractor's MAP_WEIGHT convention). Returns a
+    :class:`Subtraction` on the new grid. Raises ``ValueError`` for
     non-overlapping or all-NaN images and when no star can be measured at all.
     """
     t0 = time.perf_counter()
@@ -234,6 +262,12 @@ def subtract(
     ny, nx = new.shape
     bad_new = _bad(new, new_mask, saturation_new, config.zero_is_bad)
     bad_ref = _bad(ref, ref_mask, saturation_ref, config.zero_is_bad)
+    var_new = _check_var("var_new", var_new, new.shape)
+    var_ref = _check_var("var_ref", var_ref, ref.shape)
+    if var_new is not None:
+        bad_new |= ~np.isfinite(var_new)
+    if var_ref is not None:
+        bad_ref |= ~np.isfinite(var_ref)
     if bad_new.all():
         raise ValueError("new: every pixel is masked, NaN or zero")
     if bad_ref.all():
@@ -244,7 +278,7 @@ def subtract(
     mx, my = _eval_poly(coef, nx, ny)  # (ny, nx) each: ref (x, y) of every new pixel
     inside = (mx >= -0.5) & (mx <= ref.shape[1] - 0.5) & (my >= -0.5) & (my <= ref.shape[0] - 0.5)
     if inside.mean() < 1e-3:
-        raise ValueError("new/ref: images do not overlap on the sky (per their WCS)")
+        raise NoOverlapError("new/ref: images do not overlap on the sky (per their WCS)")
     jac = np.sqrt(abs(np.linalg.det(coef[1:3] * np.array([[2 / max(nx - 1, 1)], [2 / max(ny - 1, 1)]]))))
     timings["wcs"] = time.perf_counter() - t0
 
@@ -291,6 +325,8 @@ def subtract(
     if bad_ref.any():
         bad_ref_al |= ndimage.map_coordinates(bad_ref.astype(np.float32), [cy, cx], order=1, mode="nearest") > 0.01
     bkg_ref_al, _ = _background(ref_aligned, bad_ref_al, config.background_box)
+    mx_al, my_al = (cx, cy) if var_ref is not None else (None, None)
+    var_new_given, var_ref_given = var_new is not None, var_ref is not None
     del mx, my, cx, cy
     timings["resample"] = time.perf_counter() - t
 
@@ -306,9 +342,18 @@ def subtract(
     r0 = np.where(bad_ref_al, 0.0, ref_aligned - bkg_ref_al)
     raw_new = np.where(bad_new, bkg_new, new)
     raw_ref = np.where(bad_ref_al, bkg_ref_al, ref_aligned)
-    var_new = _variance(raw_new, bkg_new, rms_new, gain_new, read_noise_new)
-    # the ref's sky rms is measured before resampling (interpolation smooths the noise)
-    var_ref = _variance(raw_ref, bkg_ref_al, rms_ref, gain_ref, read_noise_ref)
+    sky_new = rms_new if var_new is None else np.where(bad_new, rms_new**2, var_new)
+    var_new = _variance(raw_new, bkg_new, sky_new, gain_new, read_noise_new, given=var_new is not None)
+    # the ref's sky rms is measured before resampling (interpolation smooths the noise); a
+    # given variance map is resampled bilinearly (masked pixels filled with its median)
+    if var_ref is None:
+        var_ref = _variance(raw_ref, bkg_ref_al, rms_ref, gain_ref, read_noise_ref)
+    else:
+        fill = np.where(bad_ref, np.median(var_ref[~bad_ref]), var_ref)
+        sky_ref = ndimage.map_coordinates(fill, [my_al, mx_al], order=1, mode="nearest")
+        var_ref = _variance(raw_ref, bkg_ref_al, sky_ref, gain_ref, read_noise_ref, given=True)
+    del mx_al, my_al
+    diag["variance_maps"] = [n for n, v in (("new", var_new_given), ("ref", var_ref_given)) if v]
     A, B = (r0, n0) if conv_ref else (n0, r0)
     var_A, var_B = (var_ref, var_new) if conv_ref else (var_new, var_ref)
     bad_A, bad_B = (bad_ref_al, bad_new) if conv_ref else (bad_new, bad_ref_al)

@@ -25,6 +25,7 @@ class StampFlag(IntFlag):
     NEGATIVE = 32  # negative detection (isdiffpos false)
     AMBIGUOUS_MATCH = 64  # more than one injection / truth object inside the match radius
     INJECTION_ON_ARTIFACT = 128  # an injection lies on top of an artifact (true_label -1)
+    NO_REF = 256  # no reference image was given (difference-only ingest): the ref channel is 0
 
 
 FLAG_MEANINGS: dict[str, str] = {
@@ -40,6 +41,13 @@ STAMP_COLUMNS = (
 
 # true_class names
 REAL_CLASSES = ("injected", "supernova", "hostless", "variable", "asteroid", "nuclear")
+# bogus true_class names of simulated artifacts (tasks.simulate.ARTIFACT_KINDS) and of residuals
+ARTIFACT_CLASSES = (
+    "cosmic_ray", "hot_pixel", "bad_column", "dead_pixel", "saturated_star", "bleed_trail",
+    "diffraction_spike", "halo", "dipole", "satellite_trail", "pattern_noise", "tracking_error",
+    "masked_ref", "ref_edge", "crowded_field",
+)
+RESIDUAL_CLASSES = ("star_residual", "galaxy_residual", "noise")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,287 @@
+"""Write docs/results.md (and docs/experiments/*.png) from the experiment cells' JSON.
+
+    .venv/bin/python docs/scripts/results.py [--out docs/experiments] [--md docs/results.md] [--n-boot 1000]
+
+Reads OUT/cells/*.json, OUT/scores/*.parquet, OUT/heldout.parquet and OUT/flagging/*.json
+(written by `rbflow experiments`), recomputes OUT/summary.json (paired bootstrap against
+Simple-all), and writes the Markdown: what was run at which size and by which command
+(OUT/runs.jsonl), the results table beside the paper's, FPR vs label noise, the flagging
+study and the orderings. The hand-written reading is OUT/reading.md, included as is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from tasks.experiments import BASELINE, METHODS, NOISES, Noise, summarize  # noqa: E402
+
+
+def f(v, fmt="{:.4f}"):
+    return "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else fmt.format(v)
+
+
+def ms(pair, fmt="{:.4f}"):
+    m, s = pair if pair else (None, None)
+    if m is None:
+        return "–"
+    return f(m, fmt) + ("" if s is None else " ± " + f(s, fmt))
+
+
+def diff(row, lab, metric, fmt="{:+.4f}"):
+    vb = (row.get(lab) or {}).get("vs_baseline")
+    if not vb:
+        return "–"
+    d = vb[metric]
+    lo, hi = d["diff_ci"]
+    return f"{f(d['diff'], fmt)} [{f(lo, fmt)}, {f(hi, fmt)}]"
+
+
+def fpr_plot(summary: dict, out: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = summary["rows"]
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    paths = []
+    for lab, title in (("truth", "against simulation truth"), ("tns", "against TNS-matched reals")):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+        for ax, model in zip(axes, ("uniform", "tail")):
+            for k, m in enumerate(methods):
+                pts = []
+                for r in rows:
+                    if r["method"] != m:
+                        continue
+                    n = Noise.parse(r["noise"])
+                    if n.model in ("survey", model):
+                        v = r[lab]["fpr_at_tpr90"]
+                        if v[0] is not None:
+                            pts.append((n.rate, v[0], v[1] or 0.0))
+                if len(pts) < 1:
+                    continue
+                pts.sort()
+                x, y, e = map(np.array, zip(*pts))
+                jitter = (k - (len(methods) - 1) / 2) * 0.08  # side by side, so the error bars stay apart
+                ax.errorbar(x * 100 + jitter, y, yerr=e, marker="o", capsize=3, label=m)
+            ax.set_xlabel(f"planted {model} flips (% of each class; 0 = the survey's own errors only)")
+            ax.set_title(f"{model} flips")
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel(f"FPR at TPR = 0.9 ({title})")
+        axes[1].legend(fontsize=7, loc="best")
+        fig.suptitle(f"FPR vs label noise per method, mean ± s.d. over seeds ({title})")
+        fig.tight_layout()
+        p = out / f"fpr_vs_noise_{lab}.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def bench_section(d: Path) -> list[str]:
+    """Benchmarks whose JSON was copied under OUT/bench/ (score.json, memory.json, ...)."""
+    L = []
+    sc, mem = d / "score.json", d / "memory.json"
+    if not (sc.exists() or mem.exists()):
+        return L
+    L += ["## Benchmarks (`rbflow bench NAME`)", ""]
+    if sc.exists():
+        b = json.loads(sc.read_text())
+        L += [f"**score** (`{b.get('command', 'rbflow bench score')}`; {b['network']} network, stamps in memory, "
+              f"best of the repeats): exported `model.pt2` against the eager network in the same run. Goal "
+              f"{b['goal_per_s']:,.0f}/s (1e6 candidates per minute on 2 cores): "
+              f"**{'met' if b['goal_met'] else 'not met'}** here (best {b['best_exported_per_s']:,.0f}/s).", "",
+              "| threads | batch | exported /s | eager /s | exported / eager | exported /min |", "|---|---|---|---|---|---|"]
+        for r in b["rows"]:
+            L.append(f"| {r['threads']} | {r['batch']} | {r['exported_per_s']:,.0f} | {r['eager_per_s']:,.0f} | "
+                     f"{r['exported_over_eager']:.2f} | {r['exported_per_min']:,.0f} |")
+        if b.get("zarr_end_to_end"):
+            z = b["zarr_end_to_end"]
+            L.append(f"| {z['threads']} | {z['batch']} (Zarr -> score_dataset, end to end) | {z['per_s']:,.0f} | | | |")
+        L.append("")
+        if b.get("note"):
+            L += [b["note"], ""]
+    if mem.exists():
+        b = json.loads(mem.read_text())
+        g = 1024 ** 3
+        L += [f"**memory** (`rbflow bench memory --preset {b['preset']}`): one {b['preset']} sensor image simulated "
+              "and processed (PSF, injection, subtraction, detection, cut-outs), each in a fresh process. Goal < 2 GiB "
+              f"per Dask worker: **{'met' if b['goal_met'] else 'not met'}**.", "",
+              "| where | RSS before | after simulation | peak RSS | peak increment | seconds |", "|---|---|---|---|---|---|"]
+        for k, r in b["rows"].items():
+            L.append(f"| {k} | {r['rss_before'] / g:.2f} GiB | {r['rss_after_simulate'] / g:.2f} GiB | "
+                     f"{r['peak_rss'] / g:.2f} GiB | {r['peak_increment'] / g:.2f} GiB | {r['seconds']:.1f} |")
+        L.append("")
+        if b.get("note"):
+            L += [b["note"], ""]
+    L += ["Not rerun here: `rbflow bench build` (docs/per_sensor.md), `rbflow bench train` (docs/models.md: "
+          "training per network, loader vs in-memory), `rbflow bench overhead` (Prefect+Dask overhead, "
+          "docs/operations.md). Their tables live in those documents.", ""]
+    return L
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=REPO / "docs" / "experiments")
+    ap.add_argument("--md", type=Path, default=REPO / "docs" / "results.md")
+    ap.add_argument("--n-boot", type=int, default=1000)
+    a = ap.parse_args(argv)
+    s = summarize(a.out, n_boot=a.n_boot)
+    cells = [json.loads(p.read_text()) for p in sorted((a.out / "cells").glob("*.json"))]
+    rows = s["rows"]
+    pngs = fpr_plot(s, a.out) if rows else []
+    runs = [json.loads(ln) for ln in (a.out / "runs.jsonl").read_text().splitlines()] \
+        if (a.out / "runs.jsonl").exists() else []
+    L = ["# Results: the paper's experiments on the simulated survey", "",
+         f"Generated by `.venv/bin/python docs/scripts/results.py` from {len(cells)} cell JSONs under "
+         "`docs/experiments/cells/` (written by `rbflow experiments`, flow `flows/experiments.py`, logic "
+         "`tasks/experiments.py`). Do not edit by hand: rerun the script.", ""]
+    # --- what was run
+    L += ["## What was run, at which size", ""]
+    if cells:
+        c0 = cells[0]
+        n_train = sorted({c["n_train_stamps"] for c in cells})
+        L += [f"- Training nights: {', '.join('`' + d + '`' for d in c0['train_dirs'])} "
+              f"({'/'.join(map(str, n_train))} stamps in all).",
+              f"- Held-out nights (never trained on, built with `--no-inject`): "
+              f"{', '.join('`' + d + '`' for d in c0['heldout_dirs'])}: {s['n_heldout']} detections; against TNS "
+              f"{s['n_real_tns']} reals ({s['n_real_objects_tns']} objects) and {s['n_bogus_tns']} bogus; against "
+              f"truth {s['n_truth_real']} astrophysical and {s['n_truth_bogus']} artifacts.",
+              f"- Networks: {sorted({c['network'] for c in cells})} (stage 1: "
+              f"{sorted({c['stage1_network'] for c in cells if c['stage1_network']})}, "
+              f"{sorted({c['folds'] for c in cells if c['folds']})} folds). Rows named *Complex* ran on the network "
+              "listed here: with `--network simple` the Simple CNN stands in for the SE-ResNet (CPU budget).",
+              f"- Training: epochs {sorted({c['train'].get('epochs') for c in cells if 'epochs' in c['train']})}, "
+              f"patience {sorted({c['train'].get('patience') for c in cells if 'patience' in c['train']})}, "
+              f"batch {sorted({c['train'].get('batch_size') for c in cells if 'batch_size' in c['train']})}; "
+              f"seeds {sorted({c['seed'] for c in cells})}; cluster bootstrap over TNS objects and images.",
+              f"- Time per cell on the 2-core machine (shared; load 8-15 during the run): median "
+              f"{np.median([c['seconds']['total'] for c in cells]):.0f} s, max "
+              f"{max(c['seconds']['total'] for c in cells):.0f} s (stage 1 counted in the first cell of its "
+              "(noise, seed); budget 60 min).", ""]
+    if runs:
+        L += ["Commands (from `docs/experiments/runs.jsonl`):", "", "```bash"]
+        L += [r["command"] for r in runs]
+        L += ["```", ""]
+    # --- main table
+    L += ["## The paper's table beside ours (survey's own label errors, no flips added)", "",
+          "AUC and FPR at TPR = 0.9: mean ± s.d. over seeds. Δ: the seed-averaged difference against "
+          f"`{BASELINE}` with a paired 95 % cluster-bootstrap interval over the held-out detections "
+          "(each replicate resamples TNS objects / injections and images once and scores both methods on it).", "",
+          "| row | paper AUC | paper FPR | AUC (TNS) | FPR (TNS) | ΔFPR vs Simple-all (TNS) | AUC (truth) | FPR (truth) | ΔFPR vs Simple-all (truth) | ΔAUC (truth) | seeds |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for m, meth in METHODS.items():
+        r = next((r for r in rows if r["method"] == m and r["noise"] == "survey"), None)
+        pa, pf = meth.paper if meth.paper else (None, None)
+        if r is None:
+            L.append(f"| {meth.row} | {f(pa)} | {f(pf, '{:.2e}')} | not run | | | | | | | |")
+            continue
+        L.append(f"| {meth.row} ({r['network']}) | {f(pa)} | {f(pf, '{:.2e}')} | {ms(r['tns']['auc'])} | "
+                 f"{ms(r['tns']['fpr_at_tpr90'], '{:.3f}')} | {diff(r, 'tns', 'fpr_at_tpr90', '{:+.3f}')} | "
+                 f"{ms(r['truth']['auc'])} | {ms(r['truth']['fpr_at_tpr90'], '{:.3f}')} | "
+                 f"{diff(r, 'truth', 'fpr_at_tpr90', '{:+.3f}')} | {diff(r, 'truth', 'auc', '{:+.4f}')} | "
+                 f"{len(r['seeds'])} |")
+    L.append("")
+    # --- noise table
+    noises = [n for n in NOISES if any(r["noise"] == n for r in rows)]
+    if noises:
+        L += ["## FPR at TPR = 0.9 vs label noise (truth labels; TNS in brackets)", "",
+              "| method | " + " | ".join(noises) + " |", "|---|" + "---|" * len(noises)]
+        for m in METHODS:
+            if not any(r["method"] == m for r in rows):
+                continue
+            cells_ = []
+            for n in noises:
+                r = next((r for r in rows if r["method"] == m and r["noise"] == n), None)
+                cells_.append("–" if r is None else f"{ms(r['truth']['fpr_at_tpr90'], '{:.3f}')} "
+                              f"({f(r['tns']['fpr_at_tpr90'][0], '{:.3f}')})")
+            L.append(f"| {m} | " + " | ".join(cells_) + " |")
+        L.append("")
+        L += ["Paired differences against Simple-all at the same noise (truth labels), FPR@TPR=0.9 "
+              "[95 % interval]:", "", "| method | " + " | ".join(noises) + " |", "|---|" + "---|" * len(noises)]
+        for m in METHODS:
+            if m == BASELINE or not any(r["method"] == m for r in rows):
+                continue
+            cells_ = []
+            for n in noises:
+                r = next((r for r in rows if r["method"] == m and r["noise"] == n), None)
+                cells_.append("–" if r is None else diff(r, "truth", "fpr_at_tpr90", "{:+.3f}"))
+            L.append(f"| {m} | " + " | ".join(cells_) + " |")
+        L.append("")
+    for p in pngs:
+        L += [f"![{p.stem}](experiments/{p.name})", ""]
+    # --- orderings
+    L += ["## The paper's orderings, checked on these cells", ""]
+
+    def val(m, n, lab="truth", metric="fpr_at_tpr90"):
+        r = next((r for r in rows if r["method"] == m and r["noise"] == n), None)
+        return None if r is None else r[lab][metric][0]
+
+    L += ["Seed means; FPR at TPR = 0.9 against truth and TNS, and AUC against truth (the steadier number here: "
+          "see the reading). *unlabelled* = Complex-unlabelled-CE+VAT, *removed* = Complex-removed-CE, "
+          "*VAT (all)* = Complex-all-CE+VAT, *CE (all)* = Simple-all-CE (all on the network named above).", ""]
+    for n in noises:
+        bits = []
+        for lab, metric, better, name in (("truth", "fpr_at_tpr90", "lt", "FPR truth"), ("tns", "fpr_at_tpr90", "lt", "FPR TNS"),
+                                          ("truth", "auc", "gt", "AUC truth")):
+            u, rm = val("complex-unlabelled-vat", n, lab, metric), val("complex-removed", n, lab, metric)
+            v, b = val("complex-all-vat", n, lab, metric), val(BASELINE, n, lab, metric)
+            fm = "{:.4f}" if metric == "auc" else "{:.3f}"
+            win = (lambda x, y: x < y) if better == "lt" else (lambda x, y: x > y)
+            part = []
+            if u is not None and rm is not None:
+                part.append(f"unlabelled {f(u, fm)} vs removed {f(rm, fm)} ({'unlabel better' if win(u, rm) else 'unlabel NOT better'})")
+            if v is not None and b is not None:
+                part.append(f"VAT (all) {f(v, fm)} vs CE (all) {f(b, fm)} ({'VAT helps' if win(v, b) else 'VAT does NOT help'})")
+            if metric != "auc" and u and b is not None:
+                part.append(f"CE (all) / unlabelled = {b / u:.2f}x")
+            if part:
+                bits.append(f"{name}: " + ", ".join(part))
+        if bits:
+            L.append(f"- **{n}**: " + "; ".join(bits) + ".")
+    L.append("")
+    # --- flagging
+    if s["flagging"]:
+        L += ["## Flagging study (stage 1, p = 0.5 rule)", "",
+              "Precision / recall of the flagged set against the planted flips and, separately, against the "
+              "survey's own label errors left in place (a real transient among the detections labelled bogus, a "
+              "fake on an artifact labelled real), seed means; *random*: a random flag set of the same size in "
+              "the same S/N bin. Target: both >= 0.8 at 1 % flips for S/N > 10.", "",
+              "| noise | S/N bin | n | flagged | planted | P planted | R planted | P random | R random | own errors | P own | R own | P random (own) | P any error |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in s["flagging"]:
+            if r["bin"] not in ("all", "snr>10", "<10", "10-20", "20-40", ">=40"):
+                continue
+            pl, ow = dict(r["planted"]), r["own"]
+            if not pl["n_target"]:
+                pl = {k: (v if k == "n_target" else None) for k, v in pl.items()}
+            L.append(f"| {r['noise']} | {r['bin']} | {f(r['n'], '{:.0f}')} | {f(r['n_flagged'], '{:.0f}')} | "
+                     f"{f(pl['n_target'], '{:.0f}')} | {f(pl['precision'], '{:.2f}')} | {f(pl['recall'], '{:.2f}')} | "
+                     f"{f(pl['random_precision'], '{:.2f}')} | {f(pl['random_recall'], '{:.2f}')} | "
+                     f"{f(ow['n_target'], '{:.0f}')} | {f(ow['precision'], '{:.2f}')} | {f(ow['recall'], '{:.2f}')} | "
+                     f"{f(ow['random_precision'], '{:.2f}')} | {f(r['any']['precision'], '{:.2f}')} |")
+        L.append("")
+        hit = [r for r in s["flagging"] if r["bin"] == "snr>10" and r["noise"] in ("uniform-0.01", "tail-0.01")]
+        for r in hit:
+            ok = (r["planted"]["precision"] or 0) >= 0.8 and (r["planted"]["recall"] or 0) >= 0.8
+            L.append(f"- Target at {r['noise']}, S/N > 10: precision {f(r['planted']['precision'], '{:.2f}')}, "
+                     f"recall {f(r['planted']['recall'], '{:.2f}')} against the planted flips: "
+                     f"{'met' if ok else 'NOT met'}.")
+        L.append("")
+    L += bench_section(a.out / "bench")
+    reading = a.out / "reading.md"
+    if reading.exists():
+        L += [reading.read_text().rstrip(), ""]
+    a.md.write_text("\n".join(L) + "\n")
+    print(f"wrote {a.md} ({len(rows)} rows, {len(cells)} cells)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,824 @@
+"""The paper's experiment grid: cells of (training configuration, label noise, seed).
+
+Pure logic plus the per-cell work on dataset directories; no Prefect here (the flow
+``flows/experiments.py`` only wires these functions as tasks).
+
+* **Grid** (``METHODS``, ``NOISES``, ``GRIDS``, ``grid_cells``): the rows of the paper's
+  results table (shared/science.md section 6) plus a feature-based baseline (sep shape
+  features + a random forest, ``tasks/baseline.py``), crossed with label-noise settings
+  and seeds.
+* **Label noise** (``plant_flips``): on top of the survey's own labels (which already hold
+  its errors: a real transient among the detections is labelled bogus, a fake on an
+  artifact is labelled real), flip a share ``rate`` of each class, either ``uniform``ly at
+  random or concentrated in the score tails (``tail``): the stamps a reference model scores
+  most confidently as their own label are the likeliest to be flipped, so that after the
+  flip their score disagrees most with their label, where the paper found its label errors
+  (the tails of the score distribution). Seeded generators only.
+* **Derived datasets** (``derive_dataset``): a noisy copy of a dataset directory shares the
+  original ``stamps.zarr`` (a symlink) and carries its own ``stamps.parquet`` with the
+  flipped ``label``, the original one as ``survey_label`` and ``planted_flip``; the stage
+  functions of ``models/stages.py`` run on it unchanged.
+* **Flagging study** (``flagging_study``): precision/recall of the stage-1 flagged set
+  against the planted flips and, separately, the survey's own label errors, per S/N bin,
+  beside a random flag set of the same size.
+* **Cells** (``run_cell``): cached by a hash of their parameters (and the inputs' content
+  hashes): a cell JSON present with the same key is not rerun.
+* **Summary** (``summarize``, ``paired_seed_bootstrap``): mean over seeds with paired
+  cluster-bootstrap intervals of the difference against the Simple-all baseline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+# ------------------------------------------------------------------------------ grid
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the results table. ``data``: each-sensor | mixed | all | removed | unlabelled;
+    ``kind``: cnn | rf. ``paper``: the paper's (AUC, FPR@TPR=0.9) for this row, if any."""
+
+    name: str
+    row: str
+    network: str  # the paper's network for the row: simple | complex | rf
+    data: str
+    l_ce: float = 1.0
+    l_ech: float = 0.0
+    l_lds: float = 0.0
+    kind: str = "cnn"
+    paper: tuple[float, float] | None = None
+
+    @property
+    def needs_stage1(self) -> bool:
+        return self.data in ("removed", "unlabelled")
+
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("simple-sensor", "Simple, each sensor, CE", "simple", "each-sensor", paper=(0.9916, 9.868e-3)),
+    Method("simple-mixed", "Simple, mixed (same size), CE", "simple", "mixed", paper=(0.9964, 5.028e-3)),
+    Method("simple-all", "Simple, all, CE", "simple", "all", paper=(0.9997, 3.323e-4)),
+    Method("complex-all", "Complex, all, CE", "complex", "all", paper=(0.9993, 7.272e-4)),
+    Method("complex-removed", "Complex, removed, CE", "complex", "removed", paper=(0.9993, 8.367e-4)),
+    Method("complex-all-ech", "Complex, all, CE+ECH", "complex", "all", 0.3, 0.7, 0.0, paper=(0.9992, 1.306e-3)),
+    Method("complex-removed-ech", "Complex, removed, CE+ECH", "complex", "removed", 0.4, 0.6, 0.0,
+           paper=(0.9996, 5.083e-4)),
+    Method("complex-all-vat", "Complex, all, CE+VAT", "complex", "all", 0.4, 0.0, 0.6, paper=(0.9997, 1.603e-4)),
+    Method("complex-unlabelled-vat", "Complex, unlabelled, CE+VAT", "complex", "unlabelled", 0.6, 0.0, 0.4,
+           paper=(0.9997, 1.838e-4)),
+    Method("complex-all-ech-vat", "Complex, all, CE+ECH+VAT", "complex", "all", 0.3, 0.3, 0.4,
+           paper=(0.9997, 2.541e-4)),
+    Method("complex-unlabelled-ech-vat", "Complex, unlabelled, CE+ECH+VAT", "complex", "unlabelled", 0.9, 0.05,
+           0.05, paper=(0.9998, 1.994e-4)),
+    Method("rf-sep", "Random forest on sep features (ZTF rb-like)", "rf", "all", kind="rf"),
+]}
+BASELINE = "simple-all"
+
+
+@dataclass(frozen=True)
+class Noise:
+    """Label noise on top of the survey's own labels: ``survey`` (none added), or flips of a
+    share ``rate`` of each class, ``uniform`` or concentrated in the score ``tail``."""
+
+    model: str = "survey"
+    rate: float = 0.0
+
+    def __post_init__(self):
+        if self.model not in ("survey", "uniform", "tail"):
+            raise ValueError(f"noise model must be survey, uniform or tail, got {self.model!r}")
+        if self.model == "survey" and self.rate != 0:
+            raise ValueError("noise 'survey' adds no flips (rate must be 0)")
+        if self.model != "survey" and not 0 < self.rate < 0.5:
+            raise ValueError(f"flip rate must be in (0, 0.5), got {self.rate}")
+
+    @property
+    def name(self) -> str:
+        return "survey" if self.model == "survey" else f"{self.model}-{self.rate:.2f}"
+
+    @classmethod
+    def parse(cls, name: str) -> "Noise":
+        if name == "survey":
+            return cls()
+        model, _, rate = name.partition("-")
+        try:
+            return cls(model, float(rate))
+        except ValueError:
+            raise ValueError(f"noise must be 'survey' or MODEL-RATE (uniform-0.01, tail-0.10), got {name!r}") from None
+
+
+NOISES = ["survey"] + [f"{m}-{r:.2f}" for r in (0.01, 0.05, 0.10) for m in ("uniform", "tail")]
+
+GRIDS: dict[str, dict] = {
+    # CI: the three things the paper compares (plain, removed, unlabelled + VAT) and the baseline
+    "quick": {"methods": ["simple-all", "complex-removed", "complex-unlabelled-vat", "rf-sep"],
+              "noises": ["survey", "tail-0.10"], "seeds": [0, 1, 2]},
+    # every row of the paper's table at every noise level (GPU-sized: 12 x 7 x 3 cells)
+    "paper": {"methods": list(METHODS), "noises": NOISES, "seeds": [0, 1, 2]},
+    # FPR vs label noise for the methods that matter for the ordering
+    "noise": {"methods": ["simple-all", "complex-all", "complex-removed", "complex-all-vat",
+                          "complex-unlabelled-vat", "rf-sep"], "noises": NOISES, "seeds": [0, 1, 2]},
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    noise: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}__{self.noise}__s{self.seed}"
+
+
+def grid_cells(grid: str, *, seeds: Sequence[int] | None = None, methods: Sequence[str] | None = None,
+               noises: Sequence[str] | None = None) -> list[Cell]:
+    """The cells of a named grid; ``methods``/``noises``/``seeds`` replace the grid's lists.
+    Order: noise, seed, method (so the stage 1 of a (noise, seed) is reused at once)."""
+    if grid not in GRIDS:
+        raise ValueError(f"grid must be one of {sorted(GRIDS)}, got {grid!r}")
+    g = GRIDS[grid]
+    ms = list(methods) if methods else list(g["methods"])
+    ns = list(noises) if noises else list(g["noises"])
+    ss = list(seeds) if seeds is not None and len(seeds) else list(g["seeds"])
+    bad = [m for m in ms if m not in METHODS]
+    if bad:
+        raise ValueError(f"unknown methods {bad}; known: {sorted(METHODS)}")
+    for n in ns:
+        Noise.parse(n)
+    return [Cell(m, n, int(s)) for n in ns for s in ss for m in ms]
+
+
+def stable_hash(obj: Any, n: int = 16) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+# ------------------------------------------------------------------------------ label noise
+
+
+def _seed_for(seed: int, noise: Noise) -> list[int]:
+    return [int(seed), {"survey": 0, "uniform": 1, "tail": 2}[noise.model], int(round(noise.rate * 1e4)), 12]
+
+
+TAIL_PROFILE = "confident-v2"  # part of the keys of tail-noise cells (v1 flipped the ambiguous stamps instead)
+
+
+def tail_weights(labels: np.ndarray, ref_scores: np.ndarray, sharpness: float = 10.0) -> np.ndarray:
+    """Selection weights that put the flipped labels in the score tails, as the paper found its
+    label errors (shared/science.md section 2): a wrong "real" label sits on a stamp the model
+    scores as obvious bogus (a fake on top of an obvious bogus), a wrong "bogus" label on one it
+    scores as obvious real (a transient). So the stamps most confidently of their own label are
+    the likeliest to be flipped: after the flip their score disagrees most with their label.
+
+    Within each class, stamps are ranked by the reference P(real) of their own label (P for
+    label 1, 1 - P for label 0); q in [0, 1] is that rank's quantile and the weight is
+    exp(sharpness * q). At sharpness 10, ~63 % of the weight sits in the top decile
+    (exp(10) / exp(0) = 2.2e4 between the extremes).
+    """
+    labels = np.asarray(labels).astype(int)
+    p = np.asarray(ref_scores, dtype=float)
+    if labels.shape != p.shape:
+        raise ValueError(f"labels {labels.shape} and ref_scores {p.shape} differ in shape")
+    if not np.all(np.isfinite(p)):
+        raise ValueError("ref_scores must be finite")
+    own = np.where(labels == 1, p, 1.0 - p)  # confidence in the stamp's own (pre-flip) label
+    w = np.zeros(len(p))
+    for c in (0, 1):
+        m = labels == c
+        if m.sum() == 0:
+            continue
+        r = pd.Series(own[m]).rank(method="average").to_numpy()
+        q = (r - 1) / max(m.sum() - 1, 1)
+        w[m] = np.exp(sharpness * q)
+    return w
+
+
+def plant_flips(labels: np.ndarray, noise: Noise, seed: int, ref_scores: np.ndarray | None = None,
+                sharpness: float = 10.0) -> np.ndarray:
+    """Which stamps to flip (N,) bool: round(rate * n_c) of each class c, without replacement.
+
+    uniform: uniformly at random; tail: weighted by ``tail_weights`` of ``ref_scores``
+    (needed). The generator is ``default_rng([seed, model, rate])``: same inputs, same flips.
+    """
+    labels = np.asarray(labels).astype(int)
+    flip = np.zeros(len(labels), bool)
+    if noise.model == "survey":
+        return flip
+    if noise.model == "tail" and ref_scores is None:
+        raise ValueError("tail-concentrated flips need reference scores (out-of-fold or a reference model)")
+    rng = np.random.default_rng(_seed_for(seed, noise))
+    w_all = tail_weights(labels, ref_scores, sharpness) if noise.model == "tail" else np.ones(len(labels))
+    for c in (0, 1):
+        idx = np.flatnonzero(labels == c)
+        k = int(round(noise.rate * len(idx)))
+        if k == 0:
+            continue
+        w = w_all[idx] / w_all[idx].sum()
+        pick = rng.choice(idx, size=k, replace=False, p=w)
+        flip[pick] = True
+    return flip
+
+
+# ------------------------------------------------------------------------------ derived datasets
+
+
+def _symlink(target: Path, link: Path) -> None:
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    os.symlink(target, link)
+
+
+def derive_dataset(src_dir: str | Path, out_dir: str | Path, table: pd.DataFrame, tag: dict) -> Path:
+    """A dataset directory sharing ``src_dir``'s stamps.zarr with another ``stamps.parquet``.
+
+    ``table``: the source rows in store order with the changed columns. Layout as the stamp
+    store writes it (``current`` -> ``versions/<hash>``, top-level links), so ``open_dataset``
+    and ``StampSource`` read it; ``dataset.json``'s ``content_hash`` mixes the source's hash
+    with the label column's and ``tag``. Idempotent (rewritten in place when it exists).
+    """
+    from storage.stampstore import open_dataset
+    src = open_dataset(Path(src_dir))
+    n = src.stamps().shape[0]
+    if len(table) != n:
+        raise ValueError(f"derived table has {len(table)} rows, the source store {n}")
+    meta = dict(src.meta)
+    lab_hash = hashlib.sha256(np.ascontiguousarray(table["label"].to_numpy(np.int64)).tobytes()).hexdigest()
+    meta["derived_from"] = {"path": str(Path(src_dir).resolve()), "content_hash": src.meta.get("content_hash", ""),
+                            **tag}
+    meta["content_hash"] = hashlib.sha256(f"{src.meta.get('content_hash', '')}/{lab_hash}/"
+                                          f"{json.dumps(tag, sort_keys=True)}".encode()).hexdigest()
+    out = Path(out_dir)
+    vdir = out / "versions" / meta["content_hash"][:12]
+    vdir.mkdir(parents=True, exist_ok=True)
+    tmp = vdir / ".stamps.parquet.tmp"
+    table.to_parquet(tmp, index=False)
+    os.replace(tmp, vdir / "stamps.parquet")
+    (vdir / "dataset.json").write_text(json.dumps(meta, indent=1, default=str))
+    _symlink(src.zarr_path.resolve(), vdir / "stamps.zarr")
+    _symlink(Path("versions") / vdir.name, out / "current")
+    for name in ("stamps.parquet", "stamps.zarr", "dataset.json"):
+        _symlink(Path("current") / name, out / name)
+    return out
+
+
+def noisy_training_sets(train_dirs: Sequence[str], work: Path, noise: Noise, seed: int,
+                        ref_scores: pd.Series | None = None, sharpness: float = 10.0) -> list[str]:
+    """Derived copies of the training datasets with planted flips (one per source dir).
+
+    Flips are drawn over the union of the training sets (rate per class of the union);
+    ``ref_scores``: P(real) indexed by stamp_id (for tail noise).
+    """
+    from storage.stampstore import open_dataset
+    tables = [open_dataset(Path(d)).table() for d in train_dirs]
+    full = pd.concat(tables, ignore_index=True)
+    lab = full["label"].to_numpy().astype(int)
+    ref = None
+    if noise.model == "tail":
+        if ref_scores is None:
+            raise ValueError("tail noise needs reference scores")
+        ref = ref_scores.reindex(full["stamp_id"]).to_numpy(float)
+        if np.isnan(ref).any():
+            raise ValueError(f"{int(np.isnan(ref).sum())} training stamps lack a reference score")
+    flip = plant_flips(lab, noise, seed, ref, sharpness)
+    out_dirs, start = [], 0
+    tag = {"noise": noise.name, "seed": int(seed), "sharpness": sharpness if noise.model == "tail" else None,
+           "tail_profile": TAIL_PROFILE if noise.model == "tail" else None}
+    for d, t in zip(train_dirs, tables):
+        f = flip[start:start + len(t)]
+        start += len(t)
+        t = t.copy()
+        t["survey_label"] = t["label"].astype(np.int64)
+        t["planted_flip"] = f
+        t["label"] = np.where(f, 1 - t["survey_label"], t["survey_label"]).astype(np.int64)
+        o = Path(work) / "data" / f"{noise.name}-s{seed}" / Path(d).name
+        out_dirs.append(str(derive_dataset(d, o, t, tag)))
+    return out_dirs
+
+
+# ------------------------------------------------------------------------------ flagging study
+
+
+def _pr(flagged: np.ndarray, target: np.ndarray) -> tuple[float | None, float | None]:
+    nf, nt = int(flagged.sum()), int(target.sum())
+    tp = int((flagged & target).sum())
+    return (tp / nf if nf else None), (tp / nt if nt else None)
+
+
+def flagging_study(table: pd.DataFrame, flagged: np.ndarray, *, snr_edges: Sequence[float] = (10.0, 20.0, 40.0),
+                   seed: int = 0) -> dict:
+    """Precision and recall of a flagged set per S/N bin, against three targets.
+
+    table: one row per training stamp with ``label`` (as trained on), ``survey_label``,
+    ``planted_flip`` (bool), ``true_label`` (1/0; -1 or null = ambiguous) and ``snr``.
+    Targets: ``planted`` (the planted flips), ``own`` (the survey's own label errors that
+    the planting left in place: survey_label != true_label, not flipped), ``any`` (label !=
+    true_label now). A random flag set of the same size per bin (seeded) is the baseline;
+    its expected precision is the target's share of the bin and its expected recall the
+    flagged share. Rows: ``all``, ``snr>E0`` (the target's bin), then each bin.
+    """
+    flagged = np.asarray(flagged, bool)
+    if len(flagged) != len(table):
+        raise ValueError(f"flagged has {len(flagged)} entries, the table {len(table)} rows")
+    tl = pd.to_numeric(table["true_label"], errors="coerce").to_numpy(float)
+    known = np.isin(tl, (0, 1))
+    lab = table["label"].to_numpy().astype(int)
+    surv = table["survey_label"].to_numpy().astype(int) if "survey_label" in table else lab
+    planted = table["planted_flip"].to_numpy().astype(bool) if "planted_flip" in table else np.zeros(len(lab), bool)
+    targets = {"planted": planted, "own": known & ~planted & (surv != tl), "any": known & (lab != tl)}
+    snr = table["snr"].to_numpy(float)
+    edges = list(snr_edges)
+    bins = [("all", np.ones(len(lab), bool)), (f"snr>{edges[0]:g}", snr > edges[0])]
+    lo = [-np.inf] + edges
+    hi = edges + [np.inf]
+    for a, b in zip(lo, hi):
+        name = f"<{b:g}" if a == -np.inf else (f">={a:g}" if b == np.inf else f"{a:g}-{b:g}")
+        bins.append((name, (snr >= a) & (snr < b)))
+    rng = np.random.default_rng([seed, 31337])
+    rows = []
+    for name, m in bins:
+        idx = np.flatnonzero(m)
+        nf = int(flagged[m].sum())
+        rand = np.zeros(len(lab), bool)
+        if nf and len(idx):
+            rand[rng.choice(idx, size=nf, replace=False)] = True
+        row = {"bin": name, "n": int(m.sum()), "n_flagged": nf}
+        for tname, t in targets.items():
+            p, r = _pr(flagged & m, t & m)
+            rp, rr = _pr(rand & m, t & m)
+            nt = int((t & m).sum())
+            row[tname] = {"n_target": nt, "precision": p, "recall": r, "random_precision": rp,
+                          "random_recall": rr,
+                          "random_expected_precision": nt / m.sum() if m.sum() else None,
+                          "random_expected_recall": nf / m.sum() if m.sum() else None}
+        rows.append(row)
+    return {"bins": rows, "n": int(len(lab)), "n_flagged": int(flagged.sum()),
+            "n_planted": int(planted.sum()), "n_own_errors": int(targets["own"].sum()),
+            "snr_edges": edges}
+
+
+# ------------------------------------------------------------------------------ paired bootstrap over seeds
+
+
+def paired_seed_bootstrap(y: np.ndarray, scores_a: Sequence[np.ndarray], scores_b: Sequence[np.ndarray], *,
+                          groups_object=None, groups_image=None, n_boot: int = 1000, seed: int = 0,
+                          ci_level: float = 0.95, target_tpr: float = 0.9) -> dict:
+    """Difference (A - B) of the seed-averaged AUC and FPR@TPR=target, paired over the
+    held-out detections: each replicate draws one set of cluster multiplicities (reals'
+    objects and bogus images, as ``tasks.validation``'s cluster bootstrap) and evaluates every
+    seed's model of both methods on it. The interval is over held-out sampling only (the
+    seeds are fixed); the per-seed spread is reported beside it by ``summarize``."""
+    from tasks.validation import (_check_pair, _chunk, _cluster_counts, _group_codes, _interval, _layout,
+                                  _roc_from_counts)
+    y = np.asarray(y)
+    _check_pair(y, scores_a[0])
+    obj = _group_codes(groups_object, len(y))
+    img = _group_codes(groups_image, len(y))
+    lays_a = [_layout(y.astype(np.int8), np.asarray(s, float), obj, img, 0.5) for s in scores_a]
+    lays_b = [_layout(y.astype(np.int8), np.asarray(s, float), obj, img, 0.5) for s in scores_b]
+    kw = dict(tprs=(target_tpr,), fprs=(1e-3,))
+    rng = np.random.default_rng(seed)
+    reps = {"auc": [], "fpr": []}
+    chunk = _chunk(lays_a[0])
+    for start in range(0, n_boot, chunk):
+        c_obj, c_img = _cluster_counts(lays_a[0], min(chunk, n_boot - start), rng)
+        vals = {}
+        for tag, lays in (("a", lays_a), ("b", lays_b)):
+            rs = [_roc_from_counts(lay, c_obj, c_img, **kw) for lay in lays]
+            vals[tag] = (np.mean([r.auc for r in rs], 0), np.mean([r.fpr_at_tpr[target_tpr] for r in rs], 0))
+        reps["auc"].append(vals["a"][0] - vals["b"][0])
+        reps["fpr"].append(vals["a"][1] - vals["b"][1])
+    ones = None
+    point = {}
+    for tag, lays in (("a", lays_a), ("b", lays_b)):
+        rs = [_roc_from_counts(lay, np.ones((1, lay.mp.shape[0])), np.ones((1, lay.mn.shape[0])), **kw)
+              for lay in lays]
+        point[tag] = (float(np.mean([r.auc[0] for r in rs])), float(np.mean([r.fpr_at_tpr[target_tpr][0] for r in rs])))
+    del ones
+    out = {}
+    for i, (key, name) in enumerate((("auc", "auc"), ("fpr", "fpr_at_tpr90"))):
+        d = np.concatenate(reps[key])
+        d = d[np.isfinite(d)]
+        out[name] = {"value_a": point["a"][i], "value_b": point["b"][i], "diff": point["a"][i] - point["b"][i],
+                     "diff_ci": _interval(d, ci_level),
+                     "share_le_0": float(np.mean(d <= 0)) if len(d) else None,
+                     "share_ge_0": float(np.mean(d >= 0)) if len(d) else None}
+    out["n_boot"] = n_boot
+    out["ci_level"] = ci_level
+    return out
+
+
+# ------------------------------------------------------------------------------ context and cells
+
+
+@dataclass(frozen=True)
+class ExperimentContext:
+    """Everything a cell needs besides its (method, noise, seed)."""
+
+    train_dirs: tuple[str, ...]
+    heldout_dirs: tuple[str, ...]
+    tns: str
+    out: str  # cell JSONs and scores (docs/experiments/)
+    work: str  # derived datasets, stage-1 dirs, models (runs/experiments/)
+    network: str = "simple"  # simple | complex | paper (each row's own network)
+    stage1_network: str = "simple"
+    folds: int = 5
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 1e-3
+    patience: int = 3
+    device: str = "auto"
+    n_boot: int = 300
+    threads: int | None = 1
+    rf_trees: int = 300
+    tail_sharpness: float = 10.0
+    reference_seed: int = 0
+    rerun: bool = False
+    inputs: dict = field(default_factory=dict)  # content hashes of train/held-out/tns (filled by prepare)
+
+    def network_for(self, method: Method) -> str:
+        if method.kind == "rf":
+            return "rf"
+        return method.network if self.network == "paper" else self.network
+
+    def train_options(self, seed: int, network: str) -> dict:
+        return {"network": network, "n_logits": 2, "epochs": self.epochs, "batch_size": self.batch_size,
+                "lr": self.lr, "patience": self.patience, "seed": int(seed), "device": self.device}
+
+
+def prepare_context(ctx: ExperimentContext) -> ExperimentContext:
+    """Fill ``inputs`` with the content hashes of the inputs (part of every cell key)."""
+    from storage.stampstore import open_dataset
+    h = lambda d: open_dataset(Path(d)).meta.get("content_hash", "")  # noqa: E731
+    tns_hash = hashlib.sha256(Path(ctx.tns).read_bytes()).hexdigest()
+    inputs = {"train": [h(d) for d in ctx.train_dirs], "heldout": [h(d) for d in ctx.heldout_dirs],
+              "tns": tns_hash}
+    from dataclasses import replace
+    return replace(ctx, inputs=inputs)
+
+
+def heldout_table(ctx: ExperimentContext) -> pd.DataFrame:
+    """The held-out detections (all held-out dirs, in store order) with their TNS labels:
+    ``val_class`` (1 real, 0 bogus, -1 excluded), ``tns_name``, ``image``, ``true_label``.
+    Written once to OUT/heldout.parquet (the summary reads it)."""
+    from storage.stampstore import open_dataset
+    from storage.tns import read_tns
+    from tasks.validation import crossmatch_tns
+    t = pd.concat([open_dataset(Path(d)).table() for d in ctx.heldout_dirs], ignore_index=True)
+    xm = crossmatch_tns(t, read_tns(ctx.tns).objects)
+    xm["image"] = xm["night"].astype(str) + "/" + xm["exposure"].astype(str) + "/" + xm["sensor"].astype(str)
+    keep = ["stamp_id", "night", "exposure", "sensor", "image", "snr", "label", "true_label", "true_class",
+            "injection_id", "val_class", "tns_name"]
+    out = xm[[c for c in keep if c in xm]].copy()
+    Path(ctx.out).mkdir(parents=True, exist_ok=True)
+    out.to_parquet(Path(ctx.out) / "heldout.parquet", index=False)
+    return out
+
+
+def stage1_dir(ctx: ExperimentContext, noise: Noise, seed: int) -> Path:
+    key = stable_hash({"inputs": ctx.inputs, "noise": noise.name, "seed": seed, "folds": ctx.folds,
+                       **({"tail_profile": TAIL_PROFILE} if noise.model == "tail" else {}),
+                       "opts": ctx.train_options(seed, ctx.stage1_network), "sharpness": ctx.tail_sharpness,
+                       "reference_seed": ctx.reference_seed}, 10)
+    return Path(ctx.work) / "stage1" / f"{noise.name}-s{seed}-{key}"
+
+
+def reference_scores(ctx: ExperimentContext) -> pd.Series:
+    """P(real) per training stamp that defines the score tails: the out-of-fold scores of the
+    stage 1 on the survey's own labels at ``reference_seed`` (run first, cached)."""
+    r = run_stage1(ctx, Noise(), ctx.reference_seed)
+    un = pd.read_parquet(r["unlabel"])
+    return pd.Series(un["oof_prob"].to_numpy(float), index=un["stamp_id"].to_numpy())
+
+
+def training_sets(ctx: ExperimentContext, noise: Noise, seed: int) -> list[str]:
+    ref = reference_scores(ctx) if noise.model == "tail" else None
+    return noisy_training_sets(ctx.train_dirs, Path(ctx.work), noise, seed, ref, ctx.tail_sharpness)
+
+
+def run_stage1(ctx: ExperimentContext, noise: Noise, seed: int) -> dict:
+    """Stage 1 (k folds + p05 flagging) on the noisy training sets of (noise, seed), cached;
+    writes the flagging study to OUT/flagging/<noise>-s<seed>.json."""
+    from models import stages
+    out = stage1_dir(ctx, noise, seed)
+    done = out / "stage1.json"
+    if done.exists() and (out / "unlabel.parquet").exists():
+        return json.loads(done.read_text())
+    t0 = time.perf_counter()
+    dirs = training_sets(ctx, noise, seed)
+    stages.plan_folds(dirs, str(out), ctx.folds, seed)
+    opts = ctx.train_options(seed, ctx.stage1_network)
+    recs = [stages.run_fold(dirs, str(out), k, opts) for k in range(ctx.folds)]
+    summ = stages.flag_and_write(dirs, str(out), ctx.folds, "p05", [r.model_id for r in recs], gallery=0)
+    from storage.loader import StampSource
+    table = StampSource(dirs).table
+    un = pd.read_parquet(out / "unlabel.parquet").set_index("stamp_id").loc[table["stamp_id"]]
+    study = flagging_study(table, un["flagged"].to_numpy(bool), seed=seed)
+    study.update({"noise": noise.name, "seed": seed, "stage1_network": ctx.stage1_network, "folds": ctx.folds,
+                  "epochs": ctx.epochs, "seconds": time.perf_counter() - t0})
+    fdir = Path(ctx.out) / "flagging"
+    fdir.mkdir(parents=True, exist_ok=True)
+    _write_json(fdir / f"{noise.name}-s{seed}.json", study)
+    rec = {"dir": str(out), "unlabel": summ.unlabel, "datasets": dirs, "n": summ.n, "n_flagged": summ.n_flagged,
+           "flagged_by_label": summ.flagged_by_label, "seconds": time.perf_counter() - t0,
+           "folds": [asdict(r) for r in recs]}
+    _write_json(done, rec)
+    return rec
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    from tasks.validation import jsonable
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("." + path.name + ".tmp")
+    tmp.write_text(json.dumps(jsonable(obj), indent=1))
+    os.replace(tmp, path)
+
+
+def cell_key(cell: Cell, ctx: ExperimentContext) -> str:
+    m = METHODS[cell.method]
+    net = ctx.network_for(m)
+    params = {"method": asdict(m), "noise": cell.noise, "seed": cell.seed, "network": net,
+              "inputs": ctx.inputs, "n_boot": ctx.n_boot, "tail_sharpness": ctx.tail_sharpness,
+              "reference_seed": ctx.reference_seed}
+    if Noise.parse(cell.noise).model == "tail":
+        params["tail_profile"] = TAIL_PROFILE
+    if m.kind == "rf":
+        params["rf_trees"] = ctx.rf_trees
+    else:
+        params["train"] = ctx.train_options(cell.seed, net)
+    if m.needs_stage1:
+        params["stage1"] = {"network": ctx.stage1_network, "folds": ctx.folds}
+    return stable_hash(params)
+
+
+def cell_path(cell: Cell, ctx: ExperimentContext) -> Path:
+    return Path(ctx.out) / "cells" / f"{cell.name}.json"
+
+
+def cached_cell(cell: Cell, ctx: ExperimentContext) -> dict | None:
+    p = cell_path(cell, ctx)
+    if ctx.rerun or not p.exists():
+        return None
+    rec = json.loads(p.read_text())
+    return rec if rec.get("key") == cell_key(cell, ctx) else None
+
+
+def _metric_subset(m: dict | None) -> dict | None:
+    if m is None:
+        return None
+    keys = ("auc", "auc_ci", "fpr_at_tpr90", "fpr_at_tpr90_ci", "tpr_at_fpr1e-3", "tpr_at_fpr1e-3_ci",
+            "fpr_at_tpr0.983", "precision", "recall", "n_real", "n_bogus", "n_real_objects", "n_bogus_images",
+            "snr_bins")
+    return {k: m.get(k) for k in keys if k in m}
+
+
+def _score_cnn(cell: Cell, ctx: ExperimentContext, m: Method, dirs: list[str], unlabel: str | None) -> tuple[np.ndarray, dict]:
+    """Train the cell's network and score the held-out detections (store order)."""
+    from models import stages
+    from models.scoring import score_dataset
+    net = ctx.network_for(m)
+    opts = ctx.train_options(cell.seed, net)
+    if m.data in ("each-sensor", "mixed"):
+        return _score_subsets(cell, ctx, m, dirs, opts)
+    from models.losses import LossConfig
+    lc = LossConfig()
+    opts |= {"mode": m.data, "l_ce": m.l_ce, "l_ech": m.l_ech, "l_lds": m.l_lds, "ech_margin": lc.ech_margin,
+             "vat_xi": lc.vat_xi, "vat_eps": lc.vat_eps, "vat_power_iters": lc.vat_power_iters}
+    if unlabel is None:  # mode 'all' needs no flags: an unlabel manifest that flags nothing
+        unlabel = _no_flags_manifest(ctx, dirs, cell)
+    model_dir = Path(ctx.work) / "models" / f"{cell.name}-{cell_key(cell, ctx)}"
+    if model_dir.exists() and not (model_dir / "model.pt2").exists():
+        shutil.rmtree(model_dir)
+    if (model_dir / "model.pt2").exists():
+        info = {"model": str(model_dir), "reused": True}
+    else:
+        info = stages.run_stage2(dirs, unlabel, str(model_dir), opts)
+    scores = np.concatenate([score_dataset(model_dir, d, batch_size=128) for d in ctx.heldout_dirs])
+    return scores, {k: v for k, v in info.items()} | {"network": net}
+
+
+def _no_flags_manifest(ctx: ExperimentContext, dirs: list[str], cell: Cell) -> str:
+    from storage.loader import StampSource
+    t = StampSource(dirs).table
+    p = Path(ctx.work) / "data" / f"{cell.noise}-s{cell.seed}" / "noflags.parquet"
+    pd.DataFrame({"stamp_id": t["stamp_id"], "label": t["label"].astype(np.int64), "flagged": False}).to_parquet(
+        p, index=False)
+    return str(p)
+
+
+def _score_subsets(cell: Cell, ctx: ExperimentContext, m: Method, dirs: list[str], opts: dict) -> tuple[np.ndarray, dict]:
+    """each-sensor: one model per sensor, each held-out stamp scored by its sensor's model;
+    mixed: one model on a random subset of the size of a median sensor's training set."""
+    from models import stages
+    from models.losses import LossConfig
+    from models.train import TrainConfig, predict, train_model
+    from storage.loader import StampSource
+    src = StampSource(dirs)
+    held = StampSource(list(ctx.heldout_dirs))
+    net_cfg = stages.net_config_for(opts["network"], 2)
+    dev = opts["device"]
+    cfg = TrainConfig(epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"], patience=opts["patience"],
+                      seed=opts["seed"], device=dev, in_memory=True, class_weight="balanced")
+    sensors = src.table["sensor"].astype(str).to_numpy()
+    hs = held.table["sensor"].astype(str).to_numpy()
+    scores = np.full(len(held), np.nan)
+    ids = src.table["stamp_id"].to_numpy()
+    pdev = "cuda" if dev != "cpu" and __import__("torch").cuda.is_available() else "cpu"
+    if m.data == "each-sensor":
+        n_models = 0
+        for s in np.unique(hs):
+            sel = sensors == s
+            labs = src.labels[sel]
+            if sel.sum() < 20 or len(np.unique(labs)) < 2:
+                continue
+            res = train_model(net_cfg, StampSource(dirs, ids[sel]), None, LossConfig(l_ce=1.0), cfg)
+            hsel = np.flatnonzero(hs == s)
+            scores[hsel] = predict(res.state_dict, net_cfg, held.subset(hsel), device=pdev)
+            n_models += 1
+        if np.isnan(scores).any():  # sensors without a model: the worst score (counted against it)
+            scores[np.isnan(scores)] = 0.5
+        return scores, {"n_models": n_models, "n_train_per_sensor": int(np.median(pd.Series(sensors).value_counts()))}
+    size = int(np.median(pd.Series(sensors).value_counts()))
+    rng = np.random.default_rng([cell.seed, 4242])
+    pick = np.sort(rng.choice(len(ids), size=min(size, len(ids)), replace=False))
+    res = train_model(net_cfg, StampSource(dirs, ids[pick]), None, LossConfig(l_ce=1.0), cfg)
+    scores = predict(res.state_dict, net_cfg, held, device=pdev)
+    return scores, {"n_train": int(len(pick))}
+
+
+def _score_rf(cell: Cell, ctx: ExperimentContext, dirs: list[str]) -> tuple[np.ndarray, dict]:
+    from storage.loader import StampSource, load_all
+    from tasks.baseline import features, train_rf
+    src = StampSource(dirs)
+    held = StampSource(list(ctx.heldout_dirs))
+    Xtr = features(src.table, load_all(src).x)
+    Xte = features(held.table, load_all(held).x)
+    rf = train_rf(Xtr, src.labels, seed=cell.seed, n_estimators=ctx.rf_trees)
+    imp = dict(zip(Xtr.columns, rf.feature_importances_.round(4).tolist()))
+    return rf.predict_proba(Xte.to_numpy())[:, 1], {"n_train": int(len(src)), "feature_importance": imp}
+
+
+def run_cell(cell: Cell, ctx: ExperimentContext, held: pd.DataFrame | None = None) -> dict:
+    """Train, score the held-out nights, validate (TNS and truth), write the cell JSON and
+    the held-out scores. A cell JSON with the same key is returned as is (``cached``)."""
+    hit = cached_cell(cell, ctx)
+    if hit is not None:
+        return {**hit, "cached": True}
+    import torch
+    from tasks.validation import ValidationOptions, validate
+    from storage.tns import read_tns
+    if ctx.threads:
+        torch.set_num_threads(ctx.threads)
+    t0 = time.perf_counter()
+    m = METHODS[cell.method]
+    noise = Noise.parse(cell.noise)
+    s1 = run_stage1(ctx, noise, cell.seed) if m.needs_stage1 else None
+    t_train0 = time.perf_counter()
+    dirs = s1["datasets"] if s1 else training_sets(ctx, noise, cell.seed)
+    if m.kind == "rf":
+        scores, info = _score_rf(cell, ctx, dirs)
+    else:
+        scores, info = _score_cnn(cell, ctx, m, dirs, s1["unlabel"] if s1 else None)
+    t_train = time.perf_counter() - t_train0
+    from storage.stampstore import open_dataset
+    det = pd.concat([open_dataset(Path(d)).table() for d in ctx.heldout_dirs], ignore_index=True)
+    res = validate(det, scores, read_tns(ctx.tns).objects, ValidationOptions(n_boot=ctx.n_boot, seed=0))
+    sdir = Path(ctx.out) / "scores"
+    sdir.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"stamp_id": det["stamp_id"], "score": scores.astype(np.float32)}).to_parquet(
+        sdir / f"{cell.name}.parquet", index=False)
+    rec = {"key": cell_key(cell, ctx), "cell": asdict(cell), "method": asdict(m), "noise": cell.noise,
+           "seed": cell.seed, "network": ctx.network_for(m),
+           "stage1_network": ctx.stage1_network if m.needs_stage1 else None,
+           "train": ctx.train_options(cell.seed, ctx.network_for(m)) if m.kind == "cnn" else {"rf_trees": ctx.rf_trees},
+           "folds": ctx.folds if m.needs_stage1 else None, "inputs": ctx.inputs,
+           "train_dirs": list(ctx.train_dirs), "heldout_dirs": list(ctx.heldout_dirs), "tns": ctx.tns,
+           "n_train_stamps": int(sum(len(open_dataset(Path(d)).table()) for d in dirs)),
+           "stage1": None if s1 is None else {k: s1[k] for k in ("n", "n_flagged", "flagged_by_label", "dir")},
+           "info": info, "metrics": _metric_subset(res.metrics), "truth": _metric_subset(res.truth_metrics),
+           "threshold": res.operating_point.threshold, "counts": res.counts,
+           "seconds": {"total": time.perf_counter() - t0, "train_and_score": t_train,
+                       "stage1": None if s1 is None else s1.get("seconds")},
+           "code": _code_version(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    _write_json(cell_path(cell, ctx), rec)
+    return {**rec, "cached": False}
+
+
+def _code_version() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+    import subprocess
+    try:
+        v = version("rbflow")
+    except PackageNotFoundError:
+        v = "unknown"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {"version": v, "git_commit": commit}
+
+
+# ------------------------------------------------------------------------------ summary
+
+
+def load_cells(out: str | Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((Path(out) / "cells").glob("*.json"))]
+
+
+def _mean_sd(v: list) -> tuple[float | None, float | None]:
+    a = np.array([x for x in v if x is not None], float)
+    if not len(a):
+        return None, None
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else None
+
+
+def summarize(out: str | Path, *, n_boot: int = 1000, baseline: str = BASELINE) -> dict:
+    """Aggregate the cell JSONs of OUT: per (method, noise) the seed mean and s.d. of AUC and
+    FPR@TPR=0.9 against TNS and against truth, and paired seed-averaged bootstrap differences
+    against ``baseline`` at the same noise (over the seeds both have); the flagging study per
+    noise (seed means). Writes OUT/summary.json and returns it."""
+    out = Path(out)
+    cells = load_cells(out)
+    held = pd.read_parquet(out / "heldout.parquet")
+    scores: dict[str, np.ndarray] = {}
+
+    def sc(c: dict) -> np.ndarray:
+        name = Cell(c["cell"]["method"], c["cell"]["noise"], c["cell"]["seed"]).name
+        if name not in scores:
+            s = pd.read_parquet(out / "scores" / f"{name}.parquet").set_index("stamp_id")["score"]
+            scores[name] = s.reindex(held["stamp_id"]).to_numpy(float)
+        return scores[name]
+
+    by: dict[tuple[str, str], dict[int, dict]] = {}
+    for c in cells:
+        by.setdefault((c["cell"]["method"], c["cell"]["noise"]), {})[int(c["cell"]["seed"])] = c
+    vc = held["val_class"].to_numpy()
+    tl = pd.to_numeric(held["true_label"], errors="coerce").to_numpy(float)
+    label_sets = {"tns": (vc >= 0, vc, held["tns_name"].astype(str).to_numpy(object)),
+                  "truth": (np.isin(tl, (0, 1)), tl,
+                            held["injection_id"].astype("string").fillna(held["stamp_id"]).astype(str).to_numpy(object)
+                            if "injection_id" in held else None)}
+    rows = []
+    for (method, noise), seeds in sorted(by.items()):
+        row = {"method": method, "noise": noise, "seeds": sorted(seeds), "row": METHODS[method].row
+               if method in METHODS else method, "network": next(iter(seeds.values()))["network"],
+               "seconds_mean": _mean_sd([c["seconds"]["total"] for c in seeds.values()])[0]}
+        for lab in ("tns", "truth"):
+            key = "metrics" if lab == "tns" else "truth"
+            ms = [c.get(key) or {} for c in seeds.values()]
+            row[lab] = {"auc": _mean_sd([m.get("auc") for m in ms]),
+                        "fpr_at_tpr90": _mean_sd([m.get("fpr_at_tpr90") for m in ms]),
+                        "per_seed": {str(s): {"auc": (c.get(key) or {}).get("auc"),
+                                              "fpr_at_tpr90": (c.get(key) or {}).get("fpr_at_tpr90"),
+                                              "auc_ci": (c.get(key) or {}).get("auc_ci"),
+                                              "fpr_at_tpr90_ci": (c.get(key) or {}).get("fpr_at_tpr90_ci")}
+                                     for s, c in seeds.items()}}
+            base = by.get((baseline, noise), {})
+            common = sorted(set(seeds) & set(base))
+            if method != baseline and common and n_boot:
+                keep, y, obj = label_sets[lab]
+                if keep.sum() and len(np.unique(y[keep])) == 2:
+                    ya = y[keep].astype(int)
+                    row[lab]["vs_baseline"] = paired_seed_bootstrap(
+                        ya, [sc(seeds[s])[keep] for s in common], [sc(base[s])[keep] for s in common],
+                        groups_object=None if obj is None else obj[keep],
+                        groups_image=held["image"].to_numpy(object)[keep], n_boot=n_boot)
+                    row[lab]["vs_baseline"]["seeds"] = common
+        rows.append(row)
+    flag = {}
+    for p in sorted((out / "flagging").glob("*.json")):
+        f = json.loads(p.read_text())
+        flag.setdefault(f["noise"], []).append(f)
+    flag_rows = []
+    for noise, fs in sorted(flag.items()):
+        for i, b in enumerate(fs[0]["bins"]):
+            r = {"noise": noise, "bin": b["bin"], "seeds": [f["seed"] for f in fs],
+                 "n": _mean_sd([f["bins"][i]["n"] for f in fs])[0],
+                 "n_flagged": _mean_sd([f["bins"][i]["n_flagged"] for f in fs])[0]}
+            for t in ("planted", "own", "any"):
+                r[t] = {k: _mean_sd([f["bins"][i][t][k] for f in fs])[0]
+                        for k in ("n_target", "precision", "recall", "random_precision", "random_recall")}
+            flag_rows.append(r)
+    summary = {"rows": rows, "flagging": flag_rows, "n_cells": len(cells), "baseline": baseline,
+               "n_heldout": int(len(held)), "n_real_tns": int((vc == 1).sum()), "n_bogus_tns": int((vc == 0).sum()),
+               "n_real_objects_tns": int(held.loc[vc == 1, "tns_name"].nunique()),
+               "n_truth_real": int((tl == 1).sum()), "n_truth_bogus": int((tl == 0).sum())}
+    _write_json(out / "summary.json", summary)
+    return summary
+
+
+__all__ = ["METHODS", "NOISES", "GRIDS", "BASELINE", "Method", "Noise", "Cell", "grid_cells", "plant_flips",
+           "tail_weights", "derive_dataset", "noisy_training_sets", "flagging_study", "paired_seed_bootstrap",
+           "ExperimentContext", "prepare_context", "heldout_table", "run_stage1", "run_cell", "cell_key", "summarize",
+           "load_cells"]

@@ -1,0 +1,148 @@
+"""The experiment grid's logic on tiny synthetic datasets (tasks/experiments.py, tasks/baseline.py)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from astropy.time import Time
+from sklearn.metrics import roc_auc_score
+
+from storage.stampstore import open_dataset, write_dataset
+from tasks import experiments as X
+from tasks.baseline import features, train_rf
+from tasks.synthetic_stamps import make_stamp_set
+
+
+def test_grid_and_noise_names():
+    cells = X.grid_cells("quick")
+    assert len(cells) == len(X.GRIDS["quick"]["methods"]) * 2 * 3
+    assert {c.seed for c in cells} == {0, 1, 2}
+    assert X.Noise.parse("tail-0.10") == X.Noise("tail", 0.10) and X.Noise.parse("survey").name == "survey"
+    assert len(X.grid_cells("paper")) == 12 * 7 * 3
+    with pytest.raises(ValueError):
+        X.grid_cells("quick", methods=["nope"])
+    with pytest.raises(ValueError):
+        X.Noise.parse("uniform-0.7")
+
+
+def test_uniform_flips_exact_count_and_seeded():
+    lab = np.r_[np.ones(400, int), np.zeros(600, int)]
+    f = X.plant_flips(lab, X.Noise("uniform", 0.05), seed=1)
+    assert f[lab == 1].sum() == 20 and f[lab == 0].sum() == 30
+    assert np.array_equal(f, X.plant_flips(lab, X.Noise("uniform", 0.05), seed=1))
+    assert not np.array_equal(f, X.plant_flips(lab, X.Noise("uniform", 0.05), seed=2))
+    assert not X.plant_flips(lab, X.Noise(), seed=1).any()
+
+
+def test_tail_flips_sit_in_the_tails():
+    rng = np.random.default_rng(0)
+    lab = (rng.random(4000) < 0.4).astype(int)
+    p = np.clip(np.where(lab == 1, rng.beta(8, 2, 4000), rng.beta(2, 8, 4000)), 0, 1)
+    f = X.plant_flips(lab, X.Noise("tail", 0.05), seed=0, ref_scores=p)
+    assert f[lab == 1].sum() == round(0.05 * (lab == 1).sum())
+    own = np.where(lab == 1, p, 1 - p)  # confidence in the pre-flip label
+    q = np.empty(len(p))
+    for c in (0, 1):
+        m = lab == c
+        q[m] = pd.Series(own[m]).rank(pct=True).to_numpy()
+    assert np.mean(q[f] > 0.9) > 0.5  # most flips in the top decile (uniform: 0.1)
+    assert np.median(q[f]) > 0.85
+    new = 1 - lab  # after the flip the score disagrees with the label: the tail of the new label's scores
+    gap = np.abs(p - new)
+    assert np.median(gap[f]) > np.quantile(np.abs(p - lab), 0.95)
+    u = X.plant_flips(lab, X.Noise("uniform", 0.05), seed=0)
+    assert 0.3 < np.median(q[u]) < 0.7
+    with pytest.raises(ValueError):
+        X.plant_flips(lab, X.Noise("tail", 0.05), seed=0)
+
+
+def test_flagging_study_against_a_known_set():
+    n = 100
+    t = pd.DataFrame({"survey_label": np.r_[np.ones(50, int), np.zeros(50, int)],
+                      "true_label": np.r_[np.ones(50, int), np.zeros(50, int)], "snr": np.r_[np.full(50, 5.0),
+                                                                                            np.full(50, 30.0)]})
+    t.loc[[60, 61], "true_label"] = 1  # two of the survey's own errors (bogus labels on reals, S/N 30)
+    planted = np.zeros(n, bool)
+    planted[[0, 1, 70, 71, 72]] = True
+    t["planted_flip"] = planted
+    t["label"] = np.where(planted, 1 - t["survey_label"], t["survey_label"])
+    flagged = np.zeros(n, bool)
+    flagged[[0, 70, 71, 60, 80]] = True  # 3 planted found, 1 own error found, 1 false alarm
+    s = X.flagging_study(t, flagged, snr_edges=(10.0, 20.0), seed=0)
+    rows = {r["bin"]: r for r in s["bins"]}
+    a = rows["all"]
+    assert a["n_flagged"] == 5 and a["planted"]["n_target"] == 5 and a["own"]["n_target"] == 2
+    assert a["planted"]["precision"] == pytest.approx(3 / 5) and a["planted"]["recall"] == pytest.approx(3 / 5)
+    assert a["own"]["precision"] == pytest.approx(1 / 5) and a["own"]["recall"] == pytest.approx(1 / 2)
+    assert a["any"]["precision"] == pytest.approx(4 / 5)
+    hi = rows["snr>10"]  # rows 50..99: flagged 70, 71, 60, 80; planted 70, 71, 72
+    assert hi["n_flagged"] == 4 and hi["planted"]["precision"] == pytest.approx(2 / 4)
+    assert hi["planted"]["recall"] == pytest.approx(2 / 3)
+    assert hi["planted"]["random_expected_precision"] == pytest.approx(3 / 50)
+    assert rows["<10"]["planted"]["recall"] == pytest.approx(1 / 2)
+    assert 0 <= hi["planted"]["random_precision"] <= 1
+
+
+def test_rf_baseline_beats_chance_on_separable_data():
+    tr = make_stamp_set(600, flip=0.0, seed=1)
+    te = make_stamp_set(400, flip=0.0, seed=2)
+    rf = train_rf(features(tr.table, tr.stamps), tr.clean_label, seed=0, n_estimators=60)
+    p = rf.predict_proba(features(te.table, te.stamps).to_numpy())[:, 1]
+    assert roc_auc_score(te.clean_label, p) > 0.85
+
+
+def _tns_for(table: pd.DataFrame) -> pd.DataFrame:
+    reals = table[table["true_label"] == 1]
+    disc = Time(reals["mjd"].to_numpy() - 1, format="mjd").iso
+    return pd.DataFrame({"Name": [f"AT 2026{i:04d}" for i in range(len(reals))], "ra_deg": reals["ra"].to_numpy(),
+                         "dec_deg": reals["dec"].to_numpy(), "Discovery Date (UT)": disc})
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("exp")
+    tr = make_stamp_set(500, flip=0.03, snr=(15.0, 60.0), seed=5, night="2026-01-05")
+    te = make_stamp_set(300, flip=0.0, snr=(15.0, 60.0), seed=6, night="2026-01-06", n_images=8)
+    write_dataset(d / "train", tr.stamps, tr.table, {"seed": 5})
+    write_dataset(d / "held", te.stamps, te.table, {"seed": 6})
+    _tns_for(te.table).to_csv(d / "tns.csv", index=False)
+    ctx = X.ExperimentContext(train_dirs=(str(d / "train"),), heldout_dirs=(str(d / "held"),), tns=str(d / "tns.csv"),
+                              out=str(d / "out"), work=str(d / "work"), folds=2, epochs=1, batch_size=64,
+                              patience=1, device="cpu", n_boot=50, threads=1, rf_trees=40)
+    ctx = X.prepare_context(ctx)
+    X.heldout_table(ctx)
+    return d, ctx, tr
+
+
+def test_derived_dataset_carries_exactly_the_planted_flips(tiny):
+    d, ctx, tr = tiny
+    dirs = X.training_sets(ctx, X.Noise("uniform", 0.10), seed=0)
+    t = open_dataset(dirs[0]).table()
+    assert (t["planted_flip"] == (t["label"] != t["survey_label"])).all()
+    assert t["planted_flip"].sum() == round(0.1 * (t["survey_label"] == 1).sum()) + round(0.1 * (t["survey_label"] == 0).sum())
+    from storage.loader import StampSource
+    src = StampSource(dirs)
+    assert np.array_equal(src.labels, t["label"].to_numpy()) and len(src) == 500
+    assert open_dataset(dirs[0]).meta["content_hash"] != open_dataset(d / "train").meta["content_hash"]
+
+
+def test_cells_run_are_cached_and_summarised(tiny):
+    d, ctx, _ = tiny
+    rf = X.Cell("rf-sep", "uniform-0.05", 0)
+    r1 = X.run_cell(rf, ctx)
+    assert not r1["cached"] and r1["metrics"]["auc"] > 0.7 and r1["truth"]["auc"] > 0.7
+    p = X.cell_path(rf, ctx)
+    mtime = p.stat().st_mtime_ns
+    r2 = X.run_cell(rf, ctx)
+    assert r2["cached"] and p.stat().st_mtime_ns == mtime and r2["key"] == r1["key"]
+    base = X.run_cell(X.Cell("simple-all", "uniform-0.05", 0), ctx)
+    rem = X.run_cell(X.Cell("complex-removed", "uniform-0.05", 0), ctx)  # stage 1 (2 folds) + removed
+    assert rem["stage1"]["n"] == 500 and rem["network"] == "simple"
+    study = json.loads((d / "out" / "flagging" / "uniform-0.05-s0.json").read_text())
+    assert study["n_planted"] == 25 and study["bins"][0]["bin"] == "all"
+    assert base["metrics"]["n_real"] > 0
+    s = X.summarize(ctx.out, n_boot=50)
+    row = next(r for r in s["rows"] if r["method"] == "rf-sep")
+    assert row["tns"]["vs_baseline"]["auc"]["diff_ci"][0] is not None
+    assert {r["noise"] for r in s["flagging"]} == {"uniform-0.05"}
