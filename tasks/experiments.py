@@ -398,13 +398,11 @@ def paired_seed_bootstrap(y: np.ndarray, scores_a: Sequence[np.ndarray], scores_
             vals[tag] = (np.mean([r.auc for r in rs], 0), np.mean([r.fpr_at_tpr[target_tpr] for r in rs], 0))
         reps["auc"].append(vals["a"][0] - vals["b"][0])
         reps["fpr"].append(vals["a"][1] - vals["b"][1])
-    ones = None
     point = {}
     for tag, lays in (("a", lays_a), ("b", lays_b)):
         rs = [_roc_from_counts(lay, np.ones((1, lay.mp.shape[0])), np.ones((1, lay.mn.shape[0])), **kw)
               for lay in lays]
         point[tag] = (float(np.mean([r.auc[0] for r in rs])), float(np.mean([r.fpr_at_tpr[target_tpr][0] for r in rs])))
-    del ones
     out = {}
     for i, (key, name) in enumerate((("auc", "auc"), ("fpr", "fpr_at_tpr90"))):
         d = np.concatenate(reps[key])

@@ -21,7 +21,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tasks.experiments import BASELINE, METHODS, NOISES, Noise, summarize  # noqa: E402
+from tasks.experiments import BASELINE, METHODS, Noise, summarize  # noqa: E402
 
 
 def f(v, fmt="{:.4f}"):
@@ -189,8 +189,21 @@ def main(argv=None) -> int:
                  f"{len(r['seeds'])} |")
     L.append("")
     # --- noise table
-    noises = [n for n in NOISES if any(r["noise"] == n for r in rows)]
+    order = {"survey": 0, "uniform": 1, "tail": 2}
+    noises = sorted({r["noise"] for r in rows}, key=lambda n: (order[Noise.parse(n).model], Noise.parse(n).rate))
     if noises:
+        L += ["## AUC vs label noise (truth labels; TNS in brackets), mean ± s.d. over seeds", "",
+              "| method | " + " | ".join(noises) + " |", "|---|" + "---|" * len(noises)]
+        for m in METHODS:
+            if not any(r["method"] == m for r in rows):
+                continue
+            cells_ = []
+            for n in noises:
+                r = next((r for r in rows if r["method"] == m and r["noise"] == n), None)
+                cells_.append("–" if r is None else f"{ms(r['truth']['auc'], '{:.3f}')} "
+                              f"({f(r['tns']['auc'][0], '{:.3f}')}) n={len(r['seeds'])}")
+            L.append(f"| {m} | " + " | ".join(cells_) + " |")
+        L.append("")
         L += ["## FPR at TPR = 0.9 vs label noise (truth labels; TNS in brackets)", "",
               "| method | " + " | ".join(noises) + " |", "|---|" + "---|" * len(noises)]
         for m in METHODS:
