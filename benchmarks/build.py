@@ -102,7 +102,7 @@ def per_sensor(preset: str, n: int, seed: int = 0) -> dict:
             "stamps_per_s_per_core": med["n_stamps"] / med["process_s"], "rows": rows}
 
 
-def overhead(n_images: int, workers: int, seed: int = 0) -> dict:
+def overhead(n_images: int, workers: int, seed: int = 0, preset: str = "ci") -> dict:
     """Build flow over n small sensor images: orchestration share of the wall time."""
     from flows.build import build_dataset
     from flows.options import BuildOptions
@@ -113,7 +113,7 @@ def overhead(n_images: int, workers: int, seed: int = 0) -> dict:
     from tasks.simulate import get_preset
     configure_environment()
     os.environ["RBFLOW_NO_PROGRESS"] = "1"
-    base = get_preset("ci")
+    base = get_preset(preset)
     n_fields = max(1, int(np.ceil(n_images / (base.n_sensors * base.n_visits))))
     cfg = base.model_copy(update={"n_fields": n_fields, "visit_interval_min": max(base.visit_interval_min,
                                                                                 n_fields * base.field_time_s / 60 + 1)})
@@ -128,7 +128,7 @@ def overhead(n_images: int, workers: int, seed: int = 0) -> dict:
         wall = time.perf_counter() - t0
         ledger = read_ledger(Path(tmp) / "ds")
     work = sum(e["seconds"] for e in ledger.values())
-    return {"n_images": summary["n_sensors"], "workers": workers, "wall_s": wall, "work_in_tasks_s": work,
+    return {"preset": preset, "n_images": summary["n_sensors"], "workers": workers, "wall_s": wall, "work_in_tasks_s": work,
             "orchestration_share": 1 - work / (wall * workers),
             "note": "wall includes the LocalCluster start (~8 s) and the join; share = 1 - work / (wall x workers)"}
 
@@ -139,6 +139,7 @@ def main() -> None:
     p.add_argument("--sensors", type=int, default=2)
     p.add_argument("--overhead-sensors", type=int, default=100)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--overhead-preset", default="ci", help="preset of the sensor images of the overhead part")
     p.add_argument("--out", default="bench_build.json")
     a = p.parse_args()
     res = {"per_sensor": per_sensor(a.preset, a.sensors)}
@@ -151,7 +152,7 @@ def main() -> None:
     for k, v in ps["blocks_alone"].items():
         print(f"  block {k:22s} {v:8.3f}")
     if a.overhead_sensors:
-        res["overhead"] = overhead(a.overhead_sensors, a.workers)
+        res["overhead"] = overhead(a.overhead_sensors, a.workers, preset=a.overhead_preset)
         o = res["overhead"]
         print(f"build flow, {o['n_images']} images on {o['workers']} workers: wall {o['wall_s']:.1f} s, "
               f"work in tasks {o['work_in_tasks_s']:.1f} s, Prefect+Dask share {100 * o['orchestration_share']:.1f} %")

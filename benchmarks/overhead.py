@@ -159,6 +159,8 @@ def main(argv=None) -> int:
     from distributed import LocalCluster
 
     from flows.ops import free_port, start_server, stop_server
+    from flows.runner import load_cluster_spec
+    load_cluster_spec(None)  # the Dask config of deploy/dask/local.yaml, as every flow's entry point
     home = Path(tempfile.mkdtemp(prefix="rbflow-bench-"))
     t0 = time.perf_counter()
     st = start_server(free_port(), home=home / "server")

@@ -49,7 +49,8 @@ def fpr_plot(summary: dict, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     rows = summary["rows"]
-    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    # only methods run at more than one noise level (single points belong to the tables)
+    methods = [m for m in METHODS if len({r["noise"] for r in rows if r["method"] == m}) > 1]
     paths = []
     for lab, title in (("truth", "against simulation truth"), ("tns", "against TNS-matched reals")):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
@@ -161,7 +162,7 @@ def main(argv=None) -> int:
               f"patience {sorted({c['train'].get('patience') for c in cells if 'patience' in c['train']})}, "
               f"batch {sorted({c['train'].get('batch_size') for c in cells if 'batch_size' in c['train']})}; "
               f"seeds {sorted({c['seed'] for c in cells})}; cluster bootstrap over TNS objects and images.",
-              f"- Time per cell on the 2-core machine (shared; load 8-15 during the run): median "
+              f"- Time per cell on the 2-core machine (shared with other developers; load average 1.5-15 during the run): median "
               f"{np.median([c['seconds']['total'] for c in cells]):.0f} s, max "
               f"{max(c['seconds']['total'] for c in cells):.0f} s (stage 1 counted in the first cell of its "
               "(noise, seed); budget 60 min).", ""]
