@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import socket
@@ -15,6 +14,7 @@ from prefect.futures import as_completed
 from tqdm import tqdm
 
 from flows.common import code_version, publish_markdown, publish_table, tag_run
+from flows.lineage import sha256_file
 from flows.options import DEFAULT_NIGHT, BuildOptions
 from flows.runner import make_task_runner
 from flows.simulate import submit_simulation
@@ -25,12 +25,6 @@ from tasks.types import FLAG_MEANINGS
 
 sensor_task = task(run_sensor_job, name="build-sensor", retries=1, retry_delay_seconds=1)
 join_task = task(join_parts, name="join-parts")
-
-
-def _sha256(path: Path | None) -> str | None:
-    if path is None or not Path(path).exists():
-        return None
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def sensor_config_json(config: Path | None) -> str:
@@ -88,9 +82,9 @@ def build_dataset(options: BuildOptions) -> dict:
             "config": {"build": options.model_dump(mode="json", exclude={"cluster", "workers", "out", "force"}),
                        "sensor": json.loads(cfg_json)},
             "code": code_version(), "flags": FLAG_MEANINGS,
-            "parents": {"manifest": str(Path(manifest).resolve()), "manifest_sha256": _sha256(Path(manifest)),
-                        "survey_json_sha256": _sha256(Path(manifest).parent / "survey.json"),
-                        "tns_sha256": _sha256(Path(jobs[0].tns) if jobs and jobs[0].tns else None)},
+            "parents": {"manifest": str(Path(manifest).resolve()), "manifest_sha256": sha256_file(manifest),
+                        "survey_json_sha256": sha256_file(Path(manifest).parent / "survey.json"),
+                        "tns_sha256": sha256_file(jobs[0].tns if jobs and jobs[0].tns else None)},
             "sensors": {"total": len(jobs), "done": len(done), "skipped": failed},
             # the models' input spec (model.json) and score-alerts' pixel-scale check read it
             "pixel_scale": pixel_scale_arcsec(jobs[0].new, jobs[0].hdu_new) if jobs else None,

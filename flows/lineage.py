@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
 import json
 import os
 import socket
@@ -33,13 +32,11 @@ SIDECAR = "provenance.json"
 
 
 def sha256_file(path: Path | str | None) -> str | None:
+    """sha256 of a file (storage.stampstore.sha256_file), None when it is absent."""
+    from storage.stampstore import sha256_file as _sha256_file
     if path is None or not Path(path).is_file():
         return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return _sha256_file(Path(path))
 
 
 # ------------------------------------------------------------------------------ writing

@@ -27,7 +27,7 @@ from models.losses import LossConfig
 from models.networks import ComplexConfig, SimpleConfig, config_from_dict, config_to_dict, network_from_config
 from models.train import TrainConfig, predict, train_model
 from storage.loader import StampSource, load_all
-from storage.stampstore import open_dataset
+from storage.stampstore import open_dataset, sha256_file
 from tasks.flagging import flag_label_errors
 from tasks.folds import fold_seed, make_folds
 
@@ -44,10 +44,6 @@ def net_config_for(network: str, n_logits: int = 2):
 
 def dataset_hashes(dirs: list[str]) -> dict[str, str]:
     return {str(Path(d).resolve()): open_dataset(Path(d)).meta.get("content_hash", "") for d in dirs}
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _train_config(opts: dict, seed: int, n: int) -> TrainConfig:
@@ -90,7 +86,7 @@ def run_fold(dataset_dirs: list[str], out_dir: str, fold: int, options: dict) ->
     out = Path(out_dir)
     fdir = out / "folds" / f"fold{fold}"
     folds = pd.read_parquet(out / "folds.parquet")
-    key = hashlib.sha256(json.dumps({"options": options, "folds": _sha256(out / "folds.parquet"),
+    key = hashlib.sha256(json.dumps({"options": options, "folds": sha256_file(out / "folds.parquet"),
                                      "fold": fold}, sort_keys=True).encode()).hexdigest()[:16]
     done = fdir / "fold.json"
     if done.exists() and json.loads(done.read_text()).get("key") == key and (fdir / "oof.parquet").exists():
@@ -216,7 +212,7 @@ def run_stage2(dataset_dirs: list[str], unlabel: str, out_dir: str, options: dic
     ds_meta = [open_dataset(Path(d)).meta for d in dataset_dirs]
     pixel_scale = next((m.get("pixel_scale") for m in ds_meta if m.get("pixel_scale")), None)
     meta = {"datasets": dataset_hashes(dataset_dirs), "unlabel": {"path": str(Path(unlabel).resolve()),
-            "sha256": _sha256(Path(unlabel))}, "mode": options["mode"], "loss": loss.model_dump(),
+            "sha256": sha256_file(Path(unlabel))}, "mode": options["mode"], "loss": loss.model_dump(),
             "n_train": int(len(src)), "n_unlabelled": int((labels[keep] == -1).sum()),
             "n_removed": int((~keep).sum()), "best_epoch": res.best_epoch, "history": list(res.history),
             "timings": res.timings, "pixel_scale": pixel_scale, "version": options.get("code", {})}
