@@ -5,10 +5,16 @@ timed alone in the same run, stamps/s/core, and the Prefect+Dask share of wall t
 
 Part 1 simulates ``--sensors`` sensor images of the preset and runs ``process_sensor`` on each
 in this process (one core), with the building blocks (sep background/extract, ePSF build,
-injection, cut-outs, an FFT of the image) timed alone on the same image. Part 2 runs the
-real build flow (Prefect + a Dask LocalCluster) over ``--overhead-sensors`` small (ci)
-sensor images and compares the wall time x workers with the sum of the work done inside
-the tasks; the rest is orchestration (Prefect + Dask) overhead.
+injection, cut-outs, an FFT of the image) timed alone on the same image. Part 2 builds one
+simulated night of ``--overhead-sensors`` sensor images (``--overhead-preset``) three times:
+without Prefect and Dask (the same ``storage.builds`` functions and ``run_sensor_job`` on a
+plain process pool of ``--workers`` processes, then the same join), with the real build flow
+(Prefect + a fresh Dask LocalCluster of ``--workers`` workers, every task run recorded by a
+Prefect server), and plain again. All three must give the same ``content_hash``. The
+Prefect+Dask share of the flow's wall time is 1 - plain / flow; the CPU seconds of the flow
+process, the workers and the Prefect server are sampled in each run.
+
+    .venv/bin/python benchmarks/build.py --preset tomoe --sensors 1 --overhead-sensors 100 --overhead-preset tomoe
 """
 
 from __future__ import annotations
@@ -16,11 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def _t(fn, *a, repeat=3, **kw):
@@ -102,12 +111,108 @@ def per_sensor(preset: str, n: int, seed: int = 0) -> dict:
             "stamps_per_s_per_core": med["n_stamps"] / med["process_s"], "rows": rows}
 
 
-def overhead(n_images: int, workers: int, seed: int = 0, preset: str = "ci") -> dict:
-    """Build flow over n small sensor images: orchestration share of the wall time."""
+class CpuMonitor:
+    """CPU seconds (user + system) of this process, its descendants and the Prefect server,
+    by role, sampled every ``every`` seconds (a process's last sample counts)."""
+
+    def __init__(self, server_pid: int | None = None, every: float = 0.25):
+        import threading
+        self.server_pid, self.every = server_pid, every
+        self.last: dict[int, tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+        me = psutil.Process()
+        procs = [(me, "flow process")] + [(c, "workers") for c in me.children(recursive=True)]
+        if self.server_pid:
+            try:
+                srv = psutil.Process(self.server_pid)
+                procs += [(srv, "prefect server")] + [(c, "prefect server") for c in srv.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+        for p, role in procs:
+            try:
+                t = p.cpu_times()
+                # a temporary (ephemeral) Prefect server is a child of this process
+                if role == "workers" and "prefect" in " ".join(p.cmdline()) and "server" in " ".join(p.cmdline()):
+                    role = "prefect server"
+                self.last[p.pid] = (role, t.user + t.system)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._sample()
+        self.start = {pid: v[1] for pid, v in self.last.items()}
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        self.by_role: dict[str, float] = {}
+        for pid, (role, cpu) in self.last.items():
+            self.by_role[role] = self.by_role.get(role, 0.0) + cpu - self.start.get(pid, 0.0)
+        self.by_role = {k: round(v, 1) for k, v in sorted(self.by_role.items())}
+
+
+def plain_build(manifest: Path, out: Path, night: str, workers: int, max_sensors: int | None = None,
+                executor: str = "process") -> dict:
+    """The build without Prefect and Dask: the same storage/builds functions and
+    ``run_sensor_job`` on a plain ``concurrent.futures`` pool of ``workers`` spawned processes
+    (``executor="thread"``: threads), then the same join. The baseline of the overhead figure."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    from flows.build import NOT_IN_DATASET, sensor_config_json
+    from flows.common import code_version
+    from flows.options import BuildOptions
+    from storage.builds import build_outcome, build_summary, plan_build, write_provenance
+    from storage.sensor_io import run_sensor_job
+    from storage.stampstore import dataset_lock, join_parts
+    from tasks.types import FLAG_MEANINGS
+    opts = BuildOptions(manifest=manifest, night=night, out=out, max_sensors=max_sensors, workers=workers)
+    cfg_json = sensor_config_json(opts.config)
+    # the environment Dask's nanny gives its workers (one BLAS/FFT thread each)
+    for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[k] = "1"
+    with dataset_lock(out, "build"):
+        plan = plan_build(out, manifest, night=night, inject=opts.inject, seed=opts.seed, tns=opts.tns,
+                          config_json=cfg_json, max_sensors=max_sensors, force=opts.force)
+        pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+                if executor == "process" else ThreadPoolExecutor(workers))
+        with pool:
+            list(pool.map(run_sensor_job, plan.todo))
+        outcome = build_outcome(plan, build_config=opts.model_dump(mode="json", exclude=NOT_IN_DATASET),
+                                sensor_config=json.loads(cfg_json), code=code_version(), flags=FLAG_MEANINGS,
+                                inject=opts.inject, seed=opts.seed)
+        joined = join_parts(out, list(outcome.done), outcome.meta)
+    summary = build_summary(plan, outcome, joined)
+    write_provenance(out, summary, outcome.ledger)
+    return summary
+
+
+def overhead(n_images: int, workers: int, seed: int = 0, preset: str = "ci", server: str = "running") -> dict:
+    """Build flow over n sensor images vs the same build without Prefect and Dask.
+
+    Runs, on the same simulated night: the plain build (process pool), the build flow
+    (Prefect + a fresh Dask LocalCluster, every task run recorded by a Prefect server), the
+    plain build again (the machine drifts: the baseline is the mean of the two). Prefect+Dask
+    share = 1 - plain / flow. ``server="running"``: a Prefect server started beforehand, as the
+    deployments use; ``"ephemeral"``: no server configured, the flow starts its temporary one.
+    """
     from flows.build import build_dataset
+    from flows.ops import free_port, start_server, stop_server
     from flows.options import BuildOptions
     from flows.runner import make_task_runner
-    from flows.settings import configure_environment
+    from flows.settings import configure_environment, prefect_session
     from storage.stampstore import read_ledger
     from storage.survey import simulate_survey
     from tasks.simulate import get_preset
@@ -117,20 +222,53 @@ def overhead(n_images: int, workers: int, seed: int = 0, preset: str = "ci") -> 
     n_fields = max(1, int(np.ceil(n_images / (base.n_sensors * base.n_visits))))
     cfg = base.model_copy(update={"n_fields": n_fields, "visit_interval_min": max(base.visit_interval_min,
                                                                                 n_fields * base.field_time_s / 60 + 1)})
+    night = "2026-01-05"
+    res: dict = {"preset": preset, "workers": workers, "server": server, "cpu_count": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
-        survey = Path(tmp) / "survey"
-        simulate_survey(cfg, "2026-01-05", seed, survey)
-        opts = BuildOptions(manifest=survey / "manifest.csv", night="2026-01-05", out=Path(tmp) / "ds",
-                            max_sensors=n_images, workers=workers)
-        runner = make_task_runner(None, workers)
-        t0 = time.perf_counter()
-        summary = build_dataset.with_options(task_runner=runner)(opts)
-        wall = time.perf_counter() - t0
-        ledger = read_ledger(Path(tmp) / "ds")
-    work = sum(e["seconds"] for e in ledger.values())
-    return {"preset": preset, "n_images": summary["n_sensors"], "workers": workers, "wall_s": wall, "work_in_tasks_s": work,
-            "orchestration_share": 1 - work / (wall * workers),
-            "note": "wall includes the LocalCluster start (~8 s) and the join; share = 1 - work / (wall x workers)"}
+        tmp = Path(tmp)
+        simulate_survey(cfg, night, seed, tmp / "survey")
+        manifest = tmp / "survey" / "manifest.csv"
+        server_pid = None
+        if server == "running":
+            st = start_server(free_port(), home=tmp / "server")
+            server_pid = st["pid"]
+            os.environ["PREFECT_API_URL"] = st["api_url"]
+        session = prefect_session()  # what the CLI does: the API URL (or a temporary server) for the run
+        session.__enter__()
+        try:
+            runs = []
+            for i, mode in enumerate(("plain", "flow", "plain")):
+                out = tmp / f"ds-{i}-{mode}"
+                with CpuMonitor(server_pid) as mon:
+                    t0 = time.perf_counter()
+                    if mode == "plain":
+                        summary = plain_build(manifest, out, night, workers, max_sensors=n_images)
+                    else:
+                        opts = BuildOptions(manifest=manifest, night=night, out=out, max_sensors=n_images,
+                                            workers=workers)
+                        summary = build_dataset.with_options(task_runner=make_task_runner(None, workers))(opts)
+                    wall = time.perf_counter() - t0
+                work = sum(e["seconds"] for e in read_ledger(out).values())
+                runs.append({"mode": mode, "wall_s": round(wall, 1), "work_in_tasks_s": round(work, 1),
+                             "cpu_s": mon.by_role, "cpu_total_s": round(sum(mon.by_role.values()), 1),
+                             "content_hash": summary["content_hash"], "n_images": summary["n_sensors"]})
+                print(f"  {mode:6s} wall {wall:7.1f} s  work in tasks {work:7.1f} s  cpu {mon.by_role}", flush=True)
+        finally:
+            session.__exit__(None, None, None)
+            if server_pid:
+                os.environ.pop("PREFECT_API_URL", None)
+                stop_server(tmp / "server")
+    plain = (runs[0]["wall_s"] + runs[2]["wall_s"]) / 2
+    flow = runs[1]["wall_s"]
+    if len({r["content_hash"] for r in runs}) != 1:
+        raise RuntimeError(f"the plain and the flow builds differ: {[r['content_hash'] for r in runs]}")
+    res.update(n_images=runs[1]["n_images"], runs=runs, plain_wall_s=round(plain, 1), flow_wall_s=flow,
+               prefect_dask_share=round(1 - plain / flow, 4),
+               prefect_dask_cpu_s=round(runs[1]["cpu_total_s"] - (runs[0]["cpu_total_s"] + runs[2]["cpu_total_s"]) / 2, 1),
+               idle_share=round(1 - runs[1]["work_in_tasks_s"] / (flow * workers), 4),
+               note="share = 1 - plain wall / flow wall (same functions, same join, same hash); idle_share = "
+                    "1 - work in tasks / (flow wall x workers) also counts the join and the queue's tail")
+    return res
 
 
 def main() -> None:
@@ -140,6 +278,9 @@ def main() -> None:
     p.add_argument("--overhead-sensors", type=int, default=100)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--overhead-preset", default="ci", help="preset of the sensor images of the overhead part")
+    p.add_argument("--server", choices=["running", "ephemeral"], default="running",
+                   help="overhead part: a Prefect server started first (as deployments use) or Prefect's "
+                        "temporary one")
     p.add_argument("--out", default="bench_build.json")
     a = p.parse_args()
     res = {"per_sensor": per_sensor(a.preset, a.sensors)}
@@ -152,10 +293,11 @@ def main() -> None:
     for k, v in ps["blocks_alone"].items():
         print(f"  block {k:22s} {v:8.3f}")
     if a.overhead_sensors:
-        res["overhead"] = overhead(a.overhead_sensors, a.workers, preset=a.overhead_preset)
+        res["overhead"] = overhead(a.overhead_sensors, a.workers, preset=a.overhead_preset, server=a.server)
         o = res["overhead"]
-        print(f"build flow, {o['n_images']} images on {o['workers']} workers: wall {o['wall_s']:.1f} s, "
-              f"work in tasks {o['work_in_tasks_s']:.1f} s, Prefect+Dask share {100 * o['orchestration_share']:.1f} %")
+        print(f"build of {o['n_images']} {o['preset']} images on {o['workers']} workers: plain {o['plain_wall_s']:.1f} s, "
+              f"flow {o['flow_wall_s']:.1f} s -> Prefect+Dask share {100 * o['prefect_dask_share']:.1f} % "
+              f"({o['prefect_dask_cpu_s']:.1f} CPU s more); idle share {100 * o['idle_share']:.1f} %")
     Path(a.out).write_text(json.dumps(res, indent=1, default=float))
 
 

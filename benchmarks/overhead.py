@@ -166,9 +166,9 @@ def main(argv=None) -> int:
     st = start_server(free_port(), home=home / "server")
     res: dict = {"server_start_s": round(time.perf_counter() - t0, 1), "cpu_count": os.cpu_count()}
     os.environ["PREFECT_API_URL"] = st["api_url"]
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from flows.settings import prefect_session
     try:
-        with temporary_settings(updates={PREFECT_API_URL: st["api_url"]}):
+        with prefect_session():  # as the CLI: the server's URL (and its plain-HTTP settings) for the run
             n_fft = calibrate(args.work_s)
             res["small"] = {"n": args.n, "work_s": args.work_s, "n_fft": n_fft}
             t0 = time.perf_counter()

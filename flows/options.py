@@ -148,6 +148,8 @@ class ScoreAlertsOptions(FlowOptions):
     out: Path = Field(..., description="CSV to write: one row per alert, columns candid, score, error.")
     format: Literal["auto", "ztf-parquet", "rubin-parquet", "avro"] = Field("auto", description="Alert format; auto: from the file's suffix and columns.")
     batch_size: int = Field(1024, ge=1, le=65536, description="Alerts decoded and scored at a time (memory bound).")
+    precision: Literal["float32", "bfloat16"] = Field("float32", description="Arithmetic of the convolutions: bfloat16 "
+                                                      "(CPU autocast) scores ~1.7x faster, within ~1e-3 of float32.")
     pixel_scale_tolerance: float = Field(0.1, ge=0, le=10, description="Allowed relative difference between the cut-out's and the model's pixel scale; beyond it the row carries pixel_scale_mismatch.")
     model_pixel_scale: float | None = Field(None, gt=0, description="The model's pixel scale in arcsec/px (default: model.json input.pixel_scale_arcsec).")
     alert_pixel_scale: float | None = Field(None, gt=0, description="Force the cut-outs' pixel scale in arcsec/px (default: WCS, PIXSCALE key, or the survey's nominal scale).")

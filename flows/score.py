@@ -51,7 +51,8 @@ def score_alerts_file(options: ScoreAlertsOptions) -> dict:
                 ok = np.array([e == "" for e in prep.error], bool)
                 scores = np.full(len(batch), np.nan)
                 if ok.any():
-                    scores[ok] = score_stamps(program, prep.stamps[ok], batch_size=min(len(batch), 4096))
+                    scores[ok] = score_stamps(program, prep.stamps[ok], batch_size=min(len(batch), 256),
+                                             precision=options.precision)
                 for cid, s, e in zip(prep.candid, scores, prep.error):
                     w.writerow((cid, "" if e else f"{s:.6g}", e))
                     if e:

@@ -36,6 +36,8 @@ def configure_environment() -> None:
     for k, v in DEFAULTS.items():
         os.environ.setdefault(k, v)
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(data_home() / "results"))
+    if os.environ.get("PREFECT_API_URL", "").startswith("http://"):  # a worker's flow-run process
+        os.environ["PREFECT_API_SSL_CERT_FILE"] = str(plain_http_ca_file())
 
 
 def check_server(url: str, timeout: float = 5.0) -> None:
@@ -51,6 +53,57 @@ def check_server(url: str, timeout: float = 5.0) -> None:
         ) from None
 
 
+CA_NAME = "plain-http-unused-ca.pem"
+
+
+def plain_http_ca_file() -> Path:
+    """A one-certificate CA file for Prefect clients that talk plain HTTP.
+
+    Every Prefect client builds an SSL context from ``PREFECT_API_SSL_CERT_FILE`` (default:
+    certifi's ~150-certificate bundle) even for an ``http://`` API, and a Dask worker builds
+    two clients per task run: 2 x 16 ms of CPU per task run here, measured with py-spy
+    (``docs/operations.md``). With an http:// API no TLS connection is ever made, so the file
+    is never used to verify anything; :func:`prefect_session` points the setting here only then
+    (on this machine ``SSL_CERT_FILE`` names the system bundle, which Prefect reads as its
+    default: the same cost).
+    """
+    import certifi
+    path = data_home() / "tls" / CA_NAME
+    if not path.exists():
+        pem = Path(certifi.where()).read_text()
+        end = "-----END CERTIFICATE-----"
+        first = pem[pem.index("-----BEGIN CERTIFICATE-----"):pem.index(end) + len(end)] + "\n"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(first)
+        os.replace(tmp, path)
+    return path
+
+
+@contextlib.contextmanager
+def _http_only(url: str) -> Iterator[dict]:
+    """Settings for a plain-HTTP API: the small CA file (over http:// no CA file is ever used,
+    so whatever was configured, ``SSL_CERT_FILE`` included, changes nothing but its cost).
+
+    Also put in the environment for the Dask workers spawned meanwhile; restored after.
+    An https:// API keeps its settings.
+    """
+    from prefect.settings import PREFECT_API_SSL_CERT_FILE
+    if not url.startswith("http://"):
+        yield {}
+        return
+    ca = str(plain_http_ca_file())
+    before = os.environ.get("PREFECT_API_SSL_CERT_FILE")
+    os.environ["PREFECT_API_SSL_CERT_FILE"] = ca
+    try:
+        yield {PREFECT_API_SSL_CERT_FILE: ca}
+    finally:
+        if before is None:
+            os.environ.pop("PREFECT_API_SSL_CERT_FILE", None)
+        else:
+            os.environ["PREFECT_API_SSL_CERT_FILE"] = before
+
+
 @contextlib.contextmanager
 def prefect_session() -> Iterator[str]:
     """The Prefect API every process of this run talks to.
@@ -64,7 +117,7 @@ def prefect_session() -> Iterator[str]:
     url = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()  # the environment wins over a profile
     if url:
         check_server(url)
-        with temporary_settings(updates={PREFECT_API_URL: url}):
+        with _http_only(url) as extra, temporary_settings(updates={PREFECT_API_URL: url, **extra}):
             yield url
         return
     from prefect.server.api.server import SubprocessASGIServer
@@ -72,7 +125,8 @@ def prefect_session() -> Iterator[str]:
     server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")))
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        with _http_only(server.api_url) as extra, \
+                temporary_settings(updates={PREFECT_API_URL: server.api_url, **extra}):
             try:
                 yield server.api_url
             finally:

@@ -9,8 +9,10 @@ import numpy as np
 from storage.stampstore import open_dataset
 
 
-def score_dataset(model_dir: str | Path, dataset_dir: str | Path, batch_size: int = 2048) -> np.ndarray:
-    """P(real) (N,) for every stamp of the dataset, in store order, read chunk by chunk."""
+def score_dataset(model_dir: str | Path, dataset_dir: str | Path, batch_size: int = 256,
+                  precision: str = "float32") -> np.ndarray:
+    """P(real) (N,) for every stamp of the dataset, in store order, read chunk by chunk
+    (``precision``: see :func:`models.export.score_stamps`)."""
     from models.export import load_exported, score_stamps
     program = load_exported(Path(model_dir) / "model.pt2")
     arr = open_dataset(Path(dataset_dir)).stamps()
@@ -18,5 +20,5 @@ def score_dataset(model_dir: str | Path, dataset_dir: str | Path, batch_size: in
     step = max(arr.chunks[0], batch_size)
     for start in range(0, arr.shape[0], step):
         block = np.asarray(arr[start:start + step])
-        out[start:start + len(block)] = score_stamps(program, block, batch_size)
+        out[start:start + len(block)] = score_stamps(program, block, batch_size, precision)
     return out

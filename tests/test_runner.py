@@ -33,3 +33,29 @@ def test_spec_forms_and_errors(tmp_path):
     import dask
     assert dask.config.get("distributed.scheduler.work-stealing") is False
     dask.config.set({"distributed.scheduler.work-stealing": True})
+
+
+def test_plain_http_api_gets_the_small_ca_file_and_tls_is_left_alone(tmp_path, monkeypatch):
+    import ssl
+
+    from prefect.settings import PREFECT_API_SSL_CERT_FILE
+
+    from flows.settings import _http_only, plain_http_ca_file
+    monkeypatch.setenv("RBFLOW_HOME", str(tmp_path))
+    monkeypatch.delenv("PREFECT_API_SSL_CERT_FILE", raising=False)
+    ca = plain_http_ca_file()
+    assert ca.read_text().count("BEGIN CERTIFICATE") == 1
+    ssl.create_default_context(cafile=str(ca))  # a valid CA file
+    with _http_only("http://127.0.0.1:4200/api") as extra:
+        assert extra == {PREFECT_API_SSL_CERT_FILE: str(ca)}
+        import os
+        assert os.environ["PREFECT_API_SSL_CERT_FILE"] == str(ca)  # Dask workers inherit it
+    assert "PREFECT_API_SSL_CERT_FILE" not in __import__("os").environ  # removed after the session
+    with _http_only("https://prefect.example.org/api") as extra:
+        assert extra == {}  # TLS in play: Prefect's own CA bundle
+    monkeypatch.setenv("PREFECT_API_SSL_CERT_FILE", str(tmp_path / "users-own.pem"))
+    with _http_only("https://prefect.example.org/api") as extra:
+        assert extra == {}
+    with _http_only("http://127.0.0.1:4200/api") as extra:  # over http no CA file is used at all
+        assert extra == {PREFECT_API_SSL_CERT_FILE: str(ca)}
+    assert __import__("os").environ["PREFECT_API_SSL_CERT_FILE"] == str(tmp_path / "users-own.pem")  # restored

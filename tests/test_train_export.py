@@ -147,3 +147,20 @@ def test_export_matches_eager(tmp_path, data_dirs, net_config):
         export_model(model, out, net_config=net_config, train_config=CFG, meta={})
     with pytest.raises(ValueError, match="shape"):
         score_stamps(program, x[:, :2])
+
+
+def test_bfloat16_scores_stay_close_to_float32_and_the_export_leaves_the_model_as_it_was(tmp_path, data_dirs):
+    train_dir, val_dir, xv, yv = data_dirs
+    cfg = SimpleConfig.paper()
+    r = train_model(cfg, StampSource(train_dir), StampSource(val_dir), LossConfig(), CFG.model_copy(update={"epochs": 2}))
+    model = network_from_config(cfg)
+    model.load_state_dict(r.state_dict)
+    out = export_model(model, tmp_path / "m", net_config=cfg, train_config={}, meta={})
+    assert all(p.is_contiguous() for p in model.parameters())  # the channels-last copy is the export's own
+    program = load_exported(out)
+    p32 = score_stamps(program, xv, 64)
+    p16 = score_stamps(program, xv, 64, precision="bfloat16")
+    assert np.abs(p32 - p16).max() < 0.02
+    assert roc_auc_score(yv, p32) >= 0.95 and abs(roc_auc_score(yv, p16) - roc_auc_score(yv, p32)) < 0.005
+    with pytest.raises(ValueError, match="precision must be one of"):
+        score_stamps(program, xv, precision="float8")

@@ -94,17 +94,27 @@ def bench_section(d: Path) -> list[str]:
     L += ["## Benchmarks (`rbflow bench NAME`)", ""]
     if sc.exists():
         b = json.loads(sc.read_text())
+        met = b["goal_met"]
         L += [f"**score** (`{b.get('command', 'rbflow bench score')}`; {b['network']} network, stamps in memory, "
-              f"best of the repeats): exported `model.pt2` against the eager network in the same run. Goal "
-              f"{b['goal_per_s']:,.0f}/s (1e6 candidates per minute on 2 cores): "
-              f"**{'met' if b['goal_met'] else 'not met'}** here (best {b['best_exported_per_s']:,.0f}/s).", "",
-              "| threads | batch | exported /s | eager /s | exported / eager | exported /min |", "|---|---|---|---|---|---|"]
+              f"best of the repeats): exported `model.pt2` (channels-last weights) in float32 and in bfloat16 "
+              f"(`precision=\"bfloat16\"`, CPU autocast; CPU capability {b.get('cpu_capability', '?')}) against the "
+              f"eager float32 network in the same run. Goal {b['goal_per_s']:,.0f}/s (1e6 candidates per minute on "
+              f"2 cores): **{'met' if met else 'not met'}** here (best float32 {b['best_exported_per_s']:,.0f}/s"
+              + (f", bfloat16 {b['best_exported_bf16_per_s']:,.0f}/s; bfloat16 scores within "
+                 f"{b['bf16_max_abs_score_diff']:.1e} of float32" if "best_exported_bf16_per_s" in b else "") + ").",
+              "", "| threads | batch | exported float32 /s | exported bfloat16 /s | eager float32 /s | "
+              "exported / eager (float32) | best /min |", "|---|---|---|---|---|---|---|"]
         for r in b["rows"]:
-            L.append(f"| {r['threads']} | {r['batch']} | {r['exported_per_s']:,.0f} | {r['eager_per_s']:,.0f} | "
-                     f"{r['exported_over_eager']:.2f} | {r['exported_per_min']:,.0f} |")
+            bf = r.get("exported_bf16_per_s")
+            L.append(f"| {r['threads']} | {r['batch']} | {r['exported_per_s']:,.0f} | "
+                     f"{f'{bf:,.0f}' if bf else ''} | {r['eager_per_s']:,.0f} | {r['exported_over_eager']:.2f} | "
+                     f"{r.get('best_per_min', r['exported_per_min']):,.0f} |")
         if b.get("zarr_end_to_end"):
             z = b["zarr_end_to_end"]
-            L.append(f"| {z['threads']} | {z['batch']} (Zarr -> score_dataset, end to end) | {z['per_s']:,.0f} | | | |")
+            L.append(f"| {z['threads']} | {z['batch']} (Zarr -> score_dataset, end to end) | "
+                     f"{z.get('float32_per_s', z.get('per_s', 0)):,.0f} | "
+                     f"{z['bfloat16_per_s']:,.0f} | | | |" if "bfloat16_per_s" in z else
+                     f"| {z['threads']} | {z['batch']} (Zarr -> score_dataset, end to end) | {z['per_s']:,.0f} | | | | |")
         L.append("")
         if b.get("note"):
             L += [b["note"], ""]
