@@ -5,41 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 from prefect import flow, get_run_logger, task
 
 from flows.common import png_markdown, publish_markdown, publish_table, tag_run
 from flows.lineage import dataset_hash, model_id, sha256_file, validation_parents, write_sidecar
 from flows.settings import results_dir
 from flows.options import ValidateOptions
-from models.scoring import score_dataset
 from storage.stampstore import open_dataset
-from storage.tns import read_tns
-from tasks.report import write_report
-from tasks.validation import ValidationOptions, metrics_json, validate
+from tasks.validation import ValidationOptions
+from tasks.validation_io import ValidationRun, validate_dirs
 
 
-def efficiency_table(model_dir: str, dataset_dir: str) -> pd.DataFrame:
-    """One row per injected source of an injected night: mag, host offset, detected, score."""
-    view = open_dataset(Path(dataset_dir))
-    inj = pd.read_parquet(view.version_dir / "injections.parquet")
-    det = view.table()
-    det["score"] = score_dataset(model_dir, dataset_dir)
-    det = det[det["injection_id"].notna()].sort_values("score", ascending=False).drop_duplicates("injection_id")
-    out = inj.merge(det[["injection_id", "score"]], on="injection_id", how="left")
-    out["detected"] = out["score"].notna()
-    if "host_offset" not in out and "host_offset_arcsec" in out:
-        out["host_offset"] = out["host_offset_arcsec"]
-    return out
-
-
-def run_validation(options: ValidateOptions) -> dict:
-    """Score, crossmatch, compute metrics and write the validation directory; returns metrics.json."""
-    view = open_dataset(options.dataset)
-    table = view.table()
-    scores = score_dataset(options.model, options.dataset)
-    tns = read_tns(options.tns)
+def run_validation(options: ValidateOptions) -> ValidationRun:
+    """The flow's options -> tasks.validation_io.validate_dirs (the operating point file read here)."""
     fixed = None
     if options.operating_point:
         fixed = float(json.loads(Path(options.operating_point).read_text())["threshold"])
@@ -48,17 +26,8 @@ def run_validation(options: ValidateOptions) -> dict:
                               n_boot=options.n_boot, seed=options.seed,
                               threshold_rule="fixed" if fixed is not None else "max_precision_at_min_tpr",
                               fixed_threshold=fixed)
-    inj = efficiency_table(str(options.model), str(options.efficiency)) if options.efficiency else None
-    result = validate(table, scores, tns.objects, vopts, injections=inj)
-    out = Path(options.out)
-    out.mkdir(parents=True, exist_ok=True)
-    extra = {"Inputs": (f"- model: `{options.model}`\n- dataset: `{options.dataset}` "
-                        f"(content hash {view.meta.get('content_hash', '')[:12]}, {len(table)} detections)\n"
-                        f"- TNS: `{options.tns}` ({len(tns)} objects, {len(tns.rejected)} malformed rows skipped)")}
-    paths = write_report(result, out, title=f"Validation of {Path(options.model).name} on {Path(options.dataset).name}",
-                         extra_sections=extra)
-    pd.DataFrame({"stamp_id": table["stamp_id"], "score": scores}).to_parquet(out / "scores.parquet", index=False)
-    return {"metrics": metrics_json(result), "paths": [str(p) for p in paths]}
+    return validate_dirs(options.model, options.dataset, options.tns, options.out, vopts,
+                         efficiency_dir=options.efficiency)
 
 
 def validation_cache_key(context, parameters: dict) -> str:
@@ -68,9 +37,9 @@ def validation_cache_key(context, parameters: dict) -> str:
     import inspect
     import sys
     o: ValidateOptions = parameters["options"]
-    code = [inspect.getsource(run_validation), inspect.getsource(efficiency_table)]
-    code += [inspect.getsource(sys.modules[m]) for m in ("tasks.validation", "tasks.report", "models.scoring")
-             if m in sys.modules]
+    code = [inspect.getsource(run_validation)]
+    code += [inspect.getsource(sys.modules[m]) for m in ("tasks.validation_io", "tasks.validation", "tasks.report",
+                                                         "models.scoring", "models.export") if m in sys.modules]
     key = {"options": o.model_dump(mode="json"), "code": hashlib.sha256("".join(code).encode()).hexdigest(),
            "model": model_id(o.model), "dataset": dataset_hash(o.dataset), "tns": sha256_file(o.tns),
            "operating_point": sha256_file(o.operating_point),
@@ -94,14 +63,14 @@ def validate_model(options: ValidateOptions) -> dict:
     if state.name == "Cached" and (not (Path(options.out) / "metrics.json").exists() or recorded != key):
         # a cached result whose directory was removed or since rewritten by another validation
         res = validate_task.with_options(refresh_cache=True)(options)
-    m = res["metrics"]
+    m = res.metrics
     get_run_logger().info("AUC %s (n_real %s, n_bogus %s), FPR@TPR0.9 %s, threshold %s", m.get("auc"),
                           m.get("n_real"), m.get("n_bogus"), m.get("fpr_at_tpr90"), m.get("threshold"))
     publish_table("validation-metrics", [{"metric": k, "value": json.dumps(v)} for k, v in m.items()
                                          if not isinstance(v, dict)], "validation metrics")
     report = Path(options.out) / "report.md"
     md = report.read_text() if report.exists() else ""
-    for p in res["paths"]:
+    for p in res.paths:
         if p.endswith(".png"):
             md += "\n" + png_markdown(Path(p))
     publish_markdown("validation-report", md, "validation report with its figures")
