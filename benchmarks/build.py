@@ -180,9 +180,14 @@ def plain_build(manifest: Path, out: Path, night: str, workers: int, max_sensors
     from tasks.types import FLAG_MEANINGS
     opts = BuildOptions(manifest=manifest, night=night, out=out, max_sensors=max_sensors, workers=workers)
     cfg_json = sensor_config_json(opts.config)
-    # the environment Dask's nanny gives its workers (one BLAS/FFT thread each)
-    for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[k] = "1"
+    # the environment Dask's nanny gives its workers (one BLAS/FFT thread each, and the glibc
+    # malloc settings of deploy/dask/local.yaml): the plain processes get the same
+    from distributed.nanny import _get_env_variables
+
+    from flows.runner import load_cluster_spec
+    load_cluster_spec(None)
+    for k, v in _get_env_variables("distributed.nanny.pre-spawn-environ").items():
+        os.environ[k] = str(v)
     with dataset_lock(out, "build"):
         plan = plan_build(out, manifest, night=night, inject=opts.inject, seed=opts.seed, tns=opts.tns,
                           config_json=cfg_json, max_sensors=max_sensors, force=opts.force)

@@ -60,6 +60,9 @@ def in_process(preset: str, sensor: int, seed: int) -> dict:
 
 def in_dask_worker(preset: str, sensor: int, seed: int) -> dict:
     from distributed import Client, LocalCluster
+
+    from flows.runner import load_cluster_spec
+    load_cluster_spec(None)  # the workers' environment of deploy/dask/local.yaml (glibc malloc settings)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, memory_limit=0,
                       host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
         pid = list(client.run(lambda: __import__("os").getpid()).values())[0]
