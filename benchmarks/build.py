@@ -168,16 +168,8 @@ def plain_build(manifest: Path, out: Path, night: str, workers: int, max_sensors
     """The build without Prefect and Dask: the same storage/builds functions and
     ``run_sensor_job`` on a plain ``concurrent.futures`` pool of ``workers`` spawned processes
     (``executor="thread"``: threads), then the same join. The baseline of the overhead figure."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-
-    from flows.build import NOT_IN_DATASET, sensor_config_json
-    from flows.common import code_version
+    from flows.build import sensor_config_json
     from flows.options import BuildOptions
-    from storage.builds import build_outcome, build_summary, plan_build, write_provenance
-    from storage.sensor_io import run_sensor_job
-    from storage.stampstore import dataset_lock, join_parts
-    from tasks.types import FLAG_MEANINGS
     opts = BuildOptions(manifest=manifest, night=night, out=out, max_sensors=max_sensors, workers=workers)
     cfg_json = sensor_config_json(opts.config)
     # the environment Dask's nanny gives its workers (one BLAS/FFT thread each, and the glibc
@@ -186,8 +178,31 @@ def plain_build(manifest: Path, out: Path, night: str, workers: int, max_sensors
 
     from flows.runner import load_cluster_spec
     load_cluster_spec(None)
-    for k, v in _get_env_variables("distributed.nanny.pre-spawn-environ").items():
-        os.environ[k] = str(v)
+    env = {k: str(v) for k, v in _get_env_variables("distributed.nanny.pre-spawn-environ").items()}
+    saved = {k: os.environ.get(k) for k in env}
+    if executor == "process":
+        os.environ.update(env)  # inherited by the spawned processes; restored below
+    try:
+        summary = _plain_build(manifest, out, night, workers, max_sensors, executor, opts, cfg_json)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return summary
+
+
+def _plain_build(manifest, out, night, workers, max_sensors, executor, opts, cfg_json) -> dict:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    from flows.build import NOT_IN_DATASET
+    from flows.common import code_version
+    from storage.builds import build_outcome, build_summary, plan_build, write_provenance
+    from storage.sensor_io import run_sensor_job
+    from storage.stampstore import dataset_lock, join_parts
+    from tasks.types import FLAG_MEANINGS
     with dataset_lock(out, "build"):
         plan = plan_build(out, manifest, night=night, inject=opts.inject, seed=opts.seed, tns=opts.tns,
                           config_json=cfg_json, max_sensors=max_sensors, force=opts.force)
