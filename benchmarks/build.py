@@ -197,12 +197,10 @@ def _plain_build(manifest, out, night, workers, max_sensors, executor, opts, cfg
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
-    from flows.build import NOT_IN_DATASET
-    from flows.common import code_version
-    from storage.builds import build_outcome, build_summary, plan_build, write_provenance
+    from flows.build import options_outcome
+    from storage.builds import build_summary, plan_build, write_provenance
     from storage.sensor_io import run_sensor_job
     from storage.stampstore import dataset_lock, join_parts
-    from tasks.types import FLAG_MEANINGS
     with dataset_lock(out, "build"):
         plan = plan_build(out, manifest, night=night, inject=opts.inject, seed=opts.seed, tns=opts.tns,
                           config_json=cfg_json, max_sensors=max_sensors, force=opts.force)
@@ -210,9 +208,7 @@ def _plain_build(manifest, out, night, workers, max_sensors, executor, opts, cfg
                 if executor == "process" else ThreadPoolExecutor(workers))
         with pool:
             list(pool.map(run_sensor_job, plan.todo))
-        outcome = build_outcome(plan, build_config=opts.model_dump(mode="json", exclude=NOT_IN_DATASET),
-                                sensor_config=json.loads(cfg_json), code=code_version(), flags=FLAG_MEANINGS,
-                                inject=opts.inject, seed=opts.seed)
+        outcome = options_outcome(plan, opts, cfg_json)
         joined = join_parts(out, list(outcome.done), outcome.meta)
     summary = build_summary(plan, outcome, joined)
     write_provenance(out, summary, outcome.ledger)

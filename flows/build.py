@@ -48,6 +48,13 @@ def sensor_config_json(config: Path | None) -> str:
         raise ValueError(f"{path}: invalid sensor config ({bad})") from None
 
 
+def options_outcome(plan, options: BuildOptions, cfg_json: str):
+    """storage.builds.build_outcome for these options (what enters dataset.json)."""
+    return build_outcome(plan, build_config=options.model_dump(mode="json", exclude=NOT_IN_DATASET),
+                         sensor_config=json.loads(cfg_json), code=code_version(), flags=FLAG_MEANINGS,
+                         inject=options.inject, seed=options.seed)
+
+
 @flow(name="build-dataset", log_prints=True)
 def build_dataset(options: BuildOptions) -> dict:
     """Survey -> per-sensor PSF, injection, subtraction, detection, stamps -> dataset directory."""
@@ -67,9 +74,7 @@ def build_dataset(options: BuildOptions) -> dict:
                         disable=not futures or os.environ.get("RBFLOW_NO_PROGRESS") == "1"):
             rec = fut.result()
             log.info("%s: %s %s", rec.key, rec.status, rec.reason or f"{rec.n_stamps} stamps in {rec.seconds:.1f} s")
-        outcome = build_outcome(plan, build_config=options.model_dump(mode="json", exclude=NOT_IN_DATASET),
-                                sensor_config=json.loads(cfg_json), code=code_version(), flags=FLAG_MEANINGS,
-                                inject=options.inject, seed=options.seed)
+        outcome = options_outcome(plan, options, cfg_json)
         joined = join_task(out, list(outcome.done), outcome.meta)
     summary = build_summary(plan, outcome, joined)
     write_provenance(out, summary, outcome.ledger, str(runtime.flow_run.id or ""), runtime.flow_run.name)

@@ -61,12 +61,8 @@ def test_one_worker_gives_the_same_hash_as_two(survey, reference_build, tmp_path
 
 def test_the_build_without_prefect_and_dask_gives_the_same_hash(survey, reference_build, tmp_path):
     """The build benchmark's baseline runs the same storage.builds functions on a plain pool."""
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location(
-        "rbflow_bench_build", Path(__file__).resolve().parent.parent / "benchmarks" / "build.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from tests.conftest import load_benchmark
+    bench = load_benchmark("build")
     _, ref = reference_build
     plain = bench.plain_build(survey / "manifest.csv", tmp_path / "plain", NIGHT, workers=2, executor="thread")
     assert plain["content_hash"] == ref["content_hash"] and plain["done"] == 8 and not plain["skipped"]

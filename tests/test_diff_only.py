@@ -3,7 +3,6 @@ difference image takes injections and detection directly; no subtraction runs.""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -263,10 +262,8 @@ DECAM = DATA / "images" / "sfft-decam-2epoch"
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("rbflow_bench_realdata", REPO / "benchmarks" / "realdata.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from tests.conftest import load_benchmark
+    return load_benchmark("realdata")
 
 
 def _need_decam():

@@ -7,7 +7,6 @@ Kept fast (a few seconds in all): small samples of the real files.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -29,10 +28,8 @@ def need(rel: str) -> Path:
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("rbflow_bench_realdata", REPO / "benchmarks" / "realdata.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from tests.conftest import load_benchmark
+    return load_benchmark("realdata")
 
 
 # ------------------------------------------------------------------ alerts
