@@ -174,11 +174,8 @@ def plain_build(manifest: Path, out: Path, night: str, workers: int, max_sensors
     cfg_json = sensor_config_json(opts.config)
     # the environment Dask's nanny gives its workers (one BLAS/FFT thread each, and the glibc
     # malloc settings of deploy/dask/local.yaml): the plain processes get the same
-    from distributed.nanny import _get_env_variables
-
-    from flows.runner import load_cluster_spec
-    load_cluster_spec(None)
-    env = {k: str(v) for k, v in _get_env_variables("distributed.nanny.pre-spawn-environ").items()}
+    from flows.runner import worker_environ
+    env = worker_environ(None)
     saved = {k: os.environ.get(k) for k in env}
     if executor == "process":
         os.environ.update(env)  # inherited by the spawned processes; restored below

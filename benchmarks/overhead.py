@@ -8,12 +8,18 @@ The work of one sensor image is a fixed number of FFT round trips of a 2048x1024
 (calibrated once to ``--work-s`` seconds here, then identical in every mode), so the three
 modes do exactly the same work:
 
-- ``loop``: the function called N times in a plain Python loop (one core);
+- ``loop``: the function called N times in a plain Python loop (one core), in a fresh
+  process given the environment Dask's nanny gives its workers (as is the calibration);
 - ``dask``: the same calls as ``client.map`` on a LocalCluster of one worker x one thread
   (Dask alone, no Prefect);
 - ``prefect+dask``: one Prefect flow, one task run per image (named like the build's),
-  submitted to a DaskTaskRunner on that same already-running cluster, every task run
+  submitted to the flows' DaskTaskRunner (``flows/dask_runner.py``) on that same
+  already-running cluster, every task run
   recorded by a real Prefect server on 127.0.0.1 (started here, database in a temp dir).
+
+Then ``--n-empty`` task runs of no work, twice each on prefect_dask's DaskTaskRunner and on
+the flows' one (``flows/dask_runner.py``): Prefect's own cost per task run, which the
+machine's drift (10-15 % between two loops here) does not swamp.
 
 Overhead = (wall time - loop wall time) / loop wall time. Starting a LocalCluster is a
 one-off cost (reported apart; the demo and long-lived deployments reuse one). The large
@@ -57,12 +63,12 @@ def sensor_image(i: int, n_fft: int) -> float:
 
 
 def calibrate(work_s: float) -> int:
-    sensor_image(0, 1)
+    """FFT round trips per ``work_s`` seconds, timed after a warm-up (a fresh process's first
+    round trips page-fault their arrays in, and timing those made images half as long)."""
+    sensor_image(0, 3)
     t0 = time.perf_counter()
-    sensor_image(0, 1)
-    t1 = time.perf_counter()
-    sensor_image(0, 6)
-    per = (time.perf_counter() - t1 - (t1 - t0)) / 5
+    sensor_image(0, 10)
+    per = (time.perf_counter() - t0) / 10
     return max(1, round(work_s / max(per, 1e-4)))
 
 
@@ -73,11 +79,28 @@ def warm_workers(address: str) -> None:
         c.run(lambda: __import__("prefect.task_engine") and __import__("prefect_dask") and None)
 
 
-def run_loop(n: int, n_fft: int) -> float:
+def _loop(n: int, n_fft: int) -> float:
     t0 = time.perf_counter()
     for i in range(n):
         sensor_image(i, n_fft)
     return time.perf_counter() - t0
+
+
+def in_plain_process(what: str, *args) -> float:
+    """``calibrate`` / ``loop`` in a fresh Python process given the environment Dask's nanny
+    gives its workers (glibc malloc settings, one FFT thread): the baseline differs from the
+    workers in orchestration only. (In this process the loop ran 23 % slower than in a worker
+    once local.yaml set the workers' malloc: its image-size FFT arrays were mmap'ed anew.)"""
+    import subprocess
+
+    from flows.runner import worker_environ
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), f"--{what}", *map(str, args)],
+                         env={**os.environ, **worker_environ(None)}, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def run_loop(n: int, n_fft: int) -> float:
+    return in_plain_process("loop", n, n_fft)
 
 
 def run_dask(address: str, n: int, n_fft: int) -> float:
@@ -88,9 +111,12 @@ def run_dask(address: str, n: int, n_fft: int) -> float:
         return time.perf_counter() - t0
 
 
-def run_prefect(address: str, n: int, n_fft: int) -> tuple[float, str]:
+def run_prefect(address: str, n: int, n_fft: int, prefects_own_runner: bool = False) -> tuple[float, str]:
     from prefect import flow, runtime, task
-    from prefect_dask import DaskTaskRunner
+
+    from flows.dask_runner import DaskTaskRunner  # the flows' runner (settings shipped once)
+    if prefects_own_runner:
+        from prefect_dask import DaskTaskRunner
 
     image_task = task(sensor_image, name="build-sensor")
 
@@ -152,8 +178,17 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=100, help="Sensor images of the overhead comparison.")
     ap.add_argument("--work-s", type=float, default=1.0, help="Seconds of work per sensor image (calibrated).")
     ap.add_argument("--n-large", type=int, default=1000, help="Task runs of the large run (0: skip).")
+    ap.add_argument("--n-empty", type=int, default=200,
+                    help="Empty task runs timed on Prefect's DaskTaskRunner and the flows' one (0: skip).")
     ap.add_argument("--work-s-large", type=float, default=0.05, help="Seconds of work per image in the large run.")
     ap.add_argument("--out", type=Path, default=None, help="Write the figures as JSON here.")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--calibrate"]:  # the baseline's own process (in_plain_process)
+        print(calibrate(float(argv[1])))
+        return 0
+    if argv[:1] == ["--loop"]:
+        print(_loop(int(argv[1]), int(argv[2])))
+        return 0
     args = ap.parse_args(argv)
 
     from distributed import LocalCluster
@@ -169,7 +204,7 @@ def main(argv=None) -> int:
     from flows.settings import prefect_session
     try:
         with prefect_session():  # as the CLI: the server's URL (and its plain-HTTP settings) for the run
-            n_fft = calibrate(args.work_s)
+            n_fft = int(in_plain_process("calibrate", args.work_s))
             res["small"] = {"n": args.n, "work_s": args.work_s, "n_fft": n_fft}
             t0 = time.perf_counter()
             with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
@@ -187,6 +222,16 @@ def main(argv=None) -> int:
                 print(f"  prefect+dask  {pf:8.1f} s  ({100 * (pf / loop - 1):+.1f} %)", flush=True)
                 loop2 = run_loop(args.n, n_fft)  # the machine drifts: bracket with a second loop
                 print(f"  loop again    {loop2:8.1f} s", flush=True)
+                if args.n_empty:  # Prefect's cost per task run alone, its runner vs the flows' one
+                    empty = {}
+                    for name, own in (("prefect_dask", True), ("flows", False), ("prefect_dask_again", True),
+                                      ("flows_again", False)):
+                        empty[name] = run_prefect(cluster.scheduler_address, args.n_empty, 0, own)[0]
+                    per = {k: round(1000 * v / args.n_empty, 1) for k, v in empty.items()}
+                    res["empty_task_run_ms"] = {"n": args.n_empty, **per}
+                    print(f"  {args.n_empty} empty task runs, ms each: prefect_dask.DaskTaskRunner "
+                          f"{per['prefect_dask']} / {per['prefect_dask_again']}, flows.dask_runner "
+                          f"{per['flows']} / {per['flows_again']}", flush=True)
             base = (loop + loop2) / 2
             res["small"].update(loop_s=round(loop, 2), loop_again_s=round(loop2, 2), dask_s=round(dask, 2),
                                 prefect_dask_s=round(pf, 2), dask_overhead_pct=round(100 * (dask / base - 1), 2),
@@ -198,7 +243,7 @@ def main(argv=None) -> int:
                   f"{res['small']['prefect_overhead_with_cluster_start_pct']:+.1f} %)", flush=True)
 
             if args.n_large:
-                n_fft_l = calibrate(args.work_s_large)
+                n_fft_l = int(in_plain_process("calibrate", args.work_s_large))
                 with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                   dashboard_address="127.0.0.1:0") as cluster:
                     warm_workers(cluster.scheduler_address)

@@ -13,7 +13,10 @@ FALLBACK_SPEC = {
                        "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"},
     "dask_config": {"distributed.nanny.pre-spawn-environ.MALLOC_ARENA_MAX": 1,
                     "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 33554432,
-                    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 1073741824},
+                    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 1073741824,
+                    "distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "1s",
+                    "distributed.admin.system-monitor.interval": "5s",
+                    "distributed.worker.memory.monitor-interval": "1s"},
 }
 
 
@@ -29,6 +32,15 @@ def load_cluster_spec(cluster: str | None) -> dict:
         import dask
         dask.config.set(spec["dask_config"])
     return spec
+
+
+def worker_environ(cluster: str | None = None) -> dict[str, str]:
+    """The environment variables a LocalCluster's nanny sets in its workers under this spec
+    (Dask's one BLAS/FFT thread each, and the spec's glibc malloc settings): benchmarks give
+    their plain-process baselines the same, so that only the orchestration differs."""
+    from distributed.nanny import _get_env_variables
+    load_cluster_spec(cluster)
+    return {k: str(v) for k, v in _get_env_variables("distributed.nanny.pre-spawn-environ").items()}
 
 
 def _read_spec(cluster: str | None) -> dict:
@@ -53,12 +65,13 @@ def _read_spec(cluster: str | None) -> dict:
 
 
 def make_task_runner(cluster: str | None = None, workers: int | None = None):
-    """A DaskTaskRunner (or Prefect's ThreadPoolTaskRunner for ``threads``)."""
+    """A DaskTaskRunner (``flows.dask_runner``: Prefect's, with the run's settings sent once)
+    or Prefect's ThreadPoolTaskRunner for ``threads``."""
     spec = load_cluster_spec(cluster)
     if spec.get("threads"):
         from prefect.task_runners import ThreadPoolTaskRunner
         return ThreadPoolTaskRunner(max_workers=workers or 2)
-    from prefect_dask import DaskTaskRunner
+    from flows.dask_runner import DaskTaskRunner
     if "address" in spec:
         return DaskTaskRunner(address=spec["address"])
     kwargs = dict(spec.get("cluster_kwargs") or {})

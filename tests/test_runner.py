@@ -6,13 +6,12 @@ from flows.runner import load_cluster_spec, make_task_runner
 
 
 def test_default_spec_sets_the_workers_malloc():
-    import dask
-    from distributed.nanny import _get_env_variables
+    from flows.runner import worker_environ
     spec = load_cluster_spec(None)
     assert spec["cluster_class"].endswith("LocalCluster")
     assert spec["cluster_kwargs"]["host"] == "127.0.0.1"
     # Dask's defaults in a worker thread: 3.2 s per tomoe image; with these 2.3 s (local.yaml)
-    env = _get_env_variables("distributed.nanny.pre-spawn-environ")
+    env = worker_environ(None)
     assert env["MALLOC_ARENA_MAX"] == "1" and env["MALLOC_MMAP_THRESHOLD_"] == str(32 * 2 ** 20)
     assert int(env["MALLOC_TRIM_THRESHOLD_"]) >= 2 ** 30
 
@@ -60,3 +59,64 @@ def test_plain_http_api_gets_the_small_ca_file_and_tls_is_left_alone(tmp_path, m
     with _http_only("http://127.0.0.1:4200/api") as extra:  # over http no CA file is used at all
         assert extra == {PREFECT_API_SSL_CERT_FILE: str(ca)}
     assert __import__("os").environ["PREFECT_API_SSL_CERT_FILE"] == str(tmp_path / "users-own.pem")  # restored
+
+
+def test_shipped_settings_are_the_flows_settings_and_follow_a_change():
+    import pickle
+
+    from prefect.context import SettingsContext, hydrated_context
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, get_current_settings, temporary_settings
+
+    from flows.dask_runner import DaskTaskRunner
+    runner = DaskTaskRunner(cluster_kwargs={"n_workers": 1})
+    with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 7}):
+        current = SettingsContext.get()
+        shipped = runner._stand_in(current)
+        assert runner._stand_in(SettingsContext.get()) is shipped  # made once per settings context
+        payload = pickle.loads(pickle.dumps(shipped.serialize()))  # what a worker receives
+        prefects = SettingsContext.serialize(current)  # Prefect's own dump, rebuilt by its workers
+        assert payload["profile"] == prefects["profile"]
+        assert payload["settings"] == SettingsContext(**prefects).settings == current.settings
+        assert shipped.serialize(include_secrets=False) == current.serialize(include_secrets=False)
+    with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 3}):
+        assert runner._stand_in(SettingsContext.get()) is not shipped  # new settings: a new stand-in
+    with hydrated_context({"settings_context": payload}):
+        assert get_current_settings().client.max_retries == 7
+    state = pickle.loads(pickle.dumps(runner)).__dict__
+    assert state["_shipped"] is None  # the contexts do not travel with the flow's runner
+
+
+def _worker_view(x: int) -> dict:
+    import os
+
+    import dask
+    from prefect.settings import get_current_settings
+    return {"x": x, "max_retries": get_current_settings().client.max_retries,
+            "profile_enabled": dask.config.get("distributed.worker.profile.enabled"),
+            "arena": os.environ.get("MALLOC_ARENA_MAX")}
+
+
+def test_a_dask_task_sees_the_flows_settings_and_the_specs_worker_config(prefect_harness):
+    from prefect import flow, task
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    view = task(_worker_view, name="worker-view")
+
+    @flow
+    def probe() -> list[dict]:
+        futures = [view.submit(i) for i in range(3)]
+        return [f.result() for f in futures]
+
+    with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 7}):  # not in the worker's environment
+        got = probe.with_options(task_runner=make_task_runner(None, workers=1))()
+    assert [g["x"] for g in got] == [0, 1, 2]
+    assert all(g["max_retries"] == 7 for g in got)  # the flow's settings reached the worker
+    # local.yaml's worker settings: Dask's profiler off, glibc malloc's single arena
+    assert all(g["profile_enabled"] is False and g["arena"] == "1" for g in got)
+
+
+def test_fallback_spec_matches_local_yaml():
+    import yaml
+
+    from flows.runner import FALLBACK_SPEC, REPO_DEFAULT
+    assert yaml.safe_load(REPO_DEFAULT.read_text())["dask_config"] == FALLBACK_SPEC["dask_config"]
