@@ -114,9 +114,10 @@ def run_dask(address: str, n: int, n_fft: int) -> float:
 def run_prefect(address: str, n: int, n_fft: int, prefects_own_runner: bool = False) -> tuple[float, str]:
     from prefect import flow, runtime, task
 
-    from flows.dask_runner import DaskTaskRunner  # the flows' runner (settings shipped once)
-    if prefects_own_runner:
-        from prefect_dask import DaskTaskRunner
+    import prefect_dask
+
+    import flows.dask_runner  # the flows' runner (settings shipped once)
+    DaskTaskRunner = prefect_dask.DaskTaskRunner if prefects_own_runner else flows.dask_runner.DaskTaskRunner
 
     image_task = task(sensor_image, name="build-sensor")
 

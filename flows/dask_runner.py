@@ -66,7 +66,7 @@ class DaskTaskRunner(_PrefectDaskTaskRunner):
 
     def submit(self, task, parameters, wait_for=None, dependencies=None):
         current = SettingsContext.get()
-        if not self.ship_settings or current is None or isinstance(current, _ShippedSettingsContext):
+        if not self.ship_settings or current is None:
             return super().submit(task, parameters, wait_for=wait_for, dependencies=dependencies)
         token = SettingsContext.__var__.set(self._stand_in(current))
         try:
