@@ -10,11 +10,12 @@ simulated night of ``--overhead-sensors`` sensor images (``--overhead-preset``) 
 without Prefect and Dask (the same ``storage.builds`` functions and ``run_sensor_job`` on a
 plain process pool of ``--workers`` processes, then the same join), with the real build flow
 (Prefect + a fresh Dask LocalCluster of ``--workers`` workers, every task run recorded by a
-Prefect server), and plain again. All three must give the same ``content_hash``. The
-Prefect+Dask share of the flow's wall time is 1 - plain / flow; the CPU seconds of the flow
-process, the workers and the Prefect server are sampled in each run.
+Prefect server), and plain again (``--repeats R``: R flow runs, each between two plain ones).
+All must give the same ``content_hash``. The Prefect+Dask share of the flow's wall time is
+1 - plain / flow, per flow run against the mean of the plain runs beside it; the CPU seconds
+of the flow process, the workers and the Prefect server are sampled in each run.
 
-    .venv/bin/python benchmarks/build.py --preset tomoe --sensors 1 --overhead-sensors 100 --overhead-preset tomoe
+    .venv/bin/python benchmarks/build.py --preset tomoe --sensors 1 --overhead-sensors 100 --overhead-preset tomoe [--repeats 2]
 """
 
 from __future__ import annotations
@@ -212,15 +213,31 @@ def _plain_build(manifest, out, night, workers, max_sensors, executor, opts, cfg
     return summary
 
 
-def overhead(n_images: int, workers: int, seed: int = 0, preset: str = "ci", server: str = "running") -> dict:
+def interleaved_shares(runs: list[dict]) -> list[float]:
+    """1 - plain / flow for each flow run of an interleaved sequence (plain, flow, plain, ...,
+    plain), its plain baseline the mean of the two plain runs beside it."""
+    modes = [r["mode"] for r in runs]
+    if len(runs) < 3 or len(runs) % 2 == 0 or modes[::2] != ["plain"] * (len(runs) // 2 + 1) \
+            or modes[1::2] != ["flow"] * (len(runs) // 2):
+        raise ValueError(f"runs must alternate plain, flow, ..., plain; got {modes}")
+    return [1 - (runs[i - 1]["wall_s"] + runs[i + 1]["wall_s"]) / 2 / runs[i]["wall_s"]
+            for i in range(1, len(runs), 2)]
+
+
+def overhead(n_images: int, workers: int, seed: int = 0, preset: str = "ci", server: str = "running",
+             repeats: int = 1) -> dict:
     """Build flow over n sensor images vs the same build without Prefect and Dask.
 
     Runs, on the same simulated night: the plain build (process pool), the build flow
     (Prefect + a fresh Dask LocalCluster, every task run recorded by a Prefect server), the
-    plain build again (the machine drifts: the baseline is the mean of the two). Prefect+Dask
-    share = 1 - plain / flow. ``server="running"``: a Prefect server started beforehand, as the
-    deployments use; ``"ephemeral"``: no server configured, the flow starts its temporary one.
+    plain build again (the machine drifts: each flow run's baseline is the mean of the plain
+    runs on either side), ``repeats`` flow runs in all: plain, flow, plain, ..., plain.
+    Prefect+Dask share = 1 - plain / flow, per flow run; the result's share is their mean.
+    ``server="running"``: a Prefect server started beforehand, as the deployments use;
+    ``"ephemeral"``: no server configured, the flow starts its temporary one.
     """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     from flows.build import build_dataset
     from flows.ops import free_port, start_server, stop_server
     from flows.options import BuildOptions
@@ -250,7 +267,7 @@ def overhead(n_images: int, workers: int, seed: int = 0, preset: str = "ci", ser
         session.__enter__()
         try:
             runs = []
-            for i, mode in enumerate(("plain", "flow", "plain")):
+            for i, mode in enumerate(["plain", "flow"] * repeats + ["plain"]):
                 out = tmp / f"ds-{i}-{mode}"
                 with CpuMonitor(server_pid) as mon:
                     t0 = time.perf_counter()
@@ -271,15 +288,22 @@ def overhead(n_images: int, workers: int, seed: int = 0, preset: str = "ci", ser
             if server_pid:
                 os.environ.pop("PREFECT_API_URL", None)
                 stop_server(tmp / "server")
-    plain = (runs[0]["wall_s"] + runs[2]["wall_s"]) / 2
-    flow = runs[1]["wall_s"]
     if len({r["content_hash"] for r in runs}) != 1:
         raise RuntimeError(f"the plain and the flow builds differ: {[r['content_hash'] for r in runs]}")
-    res.update(n_images=runs[1]["n_images"], runs=runs, plain_wall_s=round(plain, 1), flow_wall_s=flow,
-               prefect_dask_share=round(1 - plain / flow, 4),
-               prefect_dask_cpu_s=round(runs[1]["cpu_total_s"] - (runs[0]["cpu_total_s"] + runs[2]["cpu_total_s"]) / 2, 1),
-               idle_share=round(1 - runs[1]["work_in_tasks_s"] / (flow * workers), 4),
-               note="share = 1 - plain wall / flow wall (same functions, same join, same hash); idle_share = "
+    shares = interleaved_shares(runs)
+    plains = [r for r in runs if r["mode"] == "plain"]
+    flows = [r for r in runs if r["mode"] == "flow"]
+    plain = float(np.mean([r["wall_s"] for r in plains]))
+    flow = float(np.mean([r["wall_s"] for r in flows]))
+    cpu = [runs[i]["cpu_total_s"] - (runs[i - 1]["cpu_total_s"] + runs[i + 1]["cpu_total_s"]) / 2
+           for i in range(1, len(runs), 2)]
+    res.update(n_images=flows[0]["n_images"], runs=runs, repeats=repeats, plain_wall_s=round(plain, 1),
+               flow_wall_s=round(flow, 1), prefect_dask_share=round(float(np.mean(shares)), 4),
+               prefect_dask_shares=[round(x, 4) for x in shares],
+               prefect_dask_cpu_s=round(float(np.mean(cpu)), 1),
+               idle_share=round(float(np.mean([1 - r["work_in_tasks_s"] / (r["wall_s"] * workers) for r in flows])), 4),
+               note="share = 1 - plain wall / flow wall per flow run, the plain baseline the mean of the plain runs "
+                    "beside it (same functions, same join, same hash), then the mean over flow runs; idle_share = "
                     "1 - work in tasks / (flow wall x workers) also counts the join and the queue's tail")
     return res
 
@@ -294,6 +318,8 @@ def main() -> None:
     p.add_argument("--server", choices=["running", "ephemeral"], default="running",
                    help="overhead part: a Prefect server started first (as deployments use) or Prefect's "
                         "temporary one")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="overhead part: flow runs, interleaved with plain ones (plain, flow, plain, ..., plain)")
     p.add_argument("--out", default="bench_build.json")
     a = p.parse_args()
     res = {"per_sensor": per_sensor(a.preset, a.sensors)}
@@ -306,11 +332,14 @@ def main() -> None:
     for k, v in ps["blocks_alone"].items():
         print(f"  block {k:22s} {v:8.3f}")
     if a.overhead_sensors:
-        res["overhead"] = overhead(a.overhead_sensors, a.workers, preset=a.overhead_preset, server=a.server)
+        res["overhead"] = overhead(a.overhead_sensors, a.workers, preset=a.overhead_preset, server=a.server,
+                                   repeats=a.repeats)
         o = res["overhead"]
         print(f"build of {o['n_images']} {o['preset']} images on {o['workers']} workers: plain {o['plain_wall_s']:.1f} s, "
               f"flow {o['flow_wall_s']:.1f} s -> Prefect+Dask share {100 * o['prefect_dask_share']:.1f} % "
-              f"({o['prefect_dask_cpu_s']:.1f} CPU s more); idle share {100 * o['idle_share']:.1f} %")
+              f"({o['prefect_dask_cpu_s']:.1f} CPU s more); idle share {100 * o['idle_share']:.1f} %"
+              + (f"; per flow run {', '.join(f'{100 * x:.1f} %' for x in o['prefect_dask_shares'])}"
+                 if o["repeats"] > 1 else ""))
     Path(a.out).write_text(json.dumps(res, indent=1, default=float))
 
 

@@ -315,8 +315,50 @@ def _pr(flagged: np.ndarray, target: np.ndarray) -> tuple[float | None, float | 
     return (tp / nf if nf else None), (tp / nt if nt else None)
 
 
+FLAG_CUTS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+def error_targets(table: pd.DataFrame) -> dict[str, np.ndarray]:
+    """(N,) bool masks of the label errors a flag can find: ``planted`` (the planted flips),
+    ``own`` (the survey's own errors the planting left in place: survey_label != true_label,
+    not flipped; ambiguous truth excluded) and ``any`` (label != true_label now)."""
+    tl = pd.to_numeric(table["true_label"], errors="coerce").to_numpy(float)
+    known = np.isin(tl, (0, 1))
+    lab = table["label"].to_numpy().astype(int)
+    surv = table["survey_label"].to_numpy().astype(int) if "survey_label" in table else lab
+    planted = table["planted_flip"].to_numpy().astype(bool) if "planted_flip" in table else np.zeros(len(lab), bool)
+    return {"planted": planted, "own": known & ~planted & (surv != tl), "any": known & (lab != tl)}
+
+
+def flag_cut_sweep(table: pd.DataFrame, oof_prob: np.ndarray, *, cuts: Sequence[float] = FLAG_CUTS,
+                   snr_min: float = 10.0) -> list[dict]:
+    """Precision and recall of stricter flag sets among S/N > ``snr_min``: a stamp is flagged
+    at cut c when its out-of-fold probability of the other class exceeds c (c = 0.5 is the
+    paper's rule). Per cut: the flag count, and precision/recall against ``planted``,
+    ``own`` and ``any`` (``error_targets``), plus ``planted_excl_own`` (own errors set aside)."""
+    p = np.asarray(oof_prob, float)
+    if len(p) != len(table):
+        raise ValueError(f"oof_prob has {len(p)} entries, the table {len(table)} rows")
+    lab = table["label"].to_numpy().astype(int)
+    other = np.where(lab == 1, 1.0 - p, p)
+    t = error_targets(table)
+    m = table["snr"].to_numpy(float) > snr_min
+    out = []
+    for c in cuts:
+        f = (other > c) & m
+        row = {"cut": float(c), "n_flagged": int(f.sum())}
+        for name, target in t.items():
+            pr, rc = _pr(f, target & m)
+            row[name] = {"precision": pr, "recall": rc}
+        keep = m & ~t["own"]
+        pr, rc = _pr(f & keep, t["planted"] & keep)
+        row["planted_excl_own"] = {"precision": pr, "recall": rc}
+        out.append(row)
+    return out
+
+
 def flagging_study(table: pd.DataFrame, flagged: np.ndarray, *, snr_edges: Sequence[float] = (10.0, 20.0, 40.0),
-                   seed: int = 0) -> dict:
+                   seed: int = 0, oof_prob: np.ndarray | None = None) -> dict:
     """Precision and recall of a flagged set per S/N bin, against three targets.
 
     table: one row per training stamp with ``label`` (as trained on), ``survey_label``,
@@ -325,17 +367,18 @@ def flagging_study(table: pd.DataFrame, flagged: np.ndarray, *, snr_edges: Seque
     the planting left in place: survey_label != true_label, not flipped), ``any`` (label !=
     true_label now). A random flag set of the same size per bin (seeded) is the baseline;
     its expected precision is the target's share of the bin and its expected recall the
-    flagged share. Rows: ``all``, ``snr>E0`` (the target's bin), then each bin.
+    flagged share. Rows: ``all``, ``snr>E0`` (the target's bin), then each bin. Each row also
+    has ``planted_excl_own``: precision and recall against the planted flips with the stamps
+    that carry one of the survey's own errors left out (of the flags and of the bin). With
+    ``oof_prob`` (the out-of-fold P(real) behind the flags) the result also has ``cuts``:
+    ``flag_cut_sweep`` at S/N > E0.
     """
     flagged = np.asarray(flagged, bool)
     if len(flagged) != len(table):
         raise ValueError(f"flagged has {len(flagged)} entries, the table {len(table)} rows")
-    tl = pd.to_numeric(table["true_label"], errors="coerce").to_numpy(float)
-    known = np.isin(tl, (0, 1))
     lab = table["label"].to_numpy().astype(int)
-    surv = table["survey_label"].to_numpy().astype(int) if "survey_label" in table else lab
-    planted = table["planted_flip"].to_numpy().astype(bool) if "planted_flip" in table else np.zeros(len(lab), bool)
-    targets = {"planted": planted, "own": known & ~planted & (surv != tl), "any": known & (lab != tl)}
+    targets = error_targets(table)
+    planted = targets["planted"]
     snr = table["snr"].to_numpy(float)
     edges = list(snr_edges)
     bins = [("all", np.ones(len(lab), bool)), (f"snr>{edges[0]:g}", snr > edges[0])]
@@ -361,10 +404,21 @@ def flagging_study(table: pd.DataFrame, flagged: np.ndarray, *, snr_edges: Seque
                           "random_recall": rr,
                           "random_expected_precision": nt / m.sum() if m.sum() else None,
                           "random_expected_recall": nf / m.sum() if m.sum() else None}
+        # the planted flips among the flags that are not on the survey's own errors: whether
+        # stage 1 tells a planted flip from a correct label, the own errors set aside
+        keep = m & ~targets["own"]
+        p, r = _pr(flagged & keep, planted & keep)
+        row["planted_excl_own"] = {"n": int(keep.sum()), "n_flagged": int((flagged & keep).sum()),
+                                   "n_target": int((planted & keep).sum()), "precision": p, "recall": r,
+                                   "random_expected_precision": float((planted & keep).sum() / keep.sum())
+                                   if keep.sum() else None}
         rows.append(row)
-    return {"bins": rows, "n": int(len(lab)), "n_flagged": int(flagged.sum()),
-            "n_planted": int(planted.sum()), "n_own_errors": int(targets["own"].sum()),
-            "snr_edges": edges}
+    res = {"bins": rows, "n": int(len(lab)), "n_flagged": int(flagged.sum()),
+           "n_planted": int(planted.sum()), "n_own_errors": int(targets["own"].sum()),
+           "snr_edges": edges}
+    if oof_prob is not None:
+        res["cuts"] = flag_cut_sweep(table, oof_prob, snr_min=edges[0])
+    return res
 
 
 # ------------------------------------------------------------------------------ paired bootstrap over seeds
@@ -510,28 +564,71 @@ def run_stage1(ctx: ExperimentContext, noise: Noise, seed: int) -> dict:
     from models import stages
     out = stage1_dir(ctx, noise, seed)
     done = out / "stage1.json"
+    fpath = Path(ctx.out) / "flagging" / f"{noise.name}-s{seed}.json"
     if done.exists() and (out / "unlabel.parquet").exists():
-        return json.loads(done.read_text())
+        rec = json.loads(done.read_text())
+        prev = json.loads(fpath.read_text()) if fpath.exists() else {}
+        if "alternatives" not in prev:  # missing, or written by an older version: the study again (cheap)
+            _write_flagging(fpath, rec["datasets"], out, {"seconds": prev.get("seconds", rec.get("seconds"))},
+                            rf_trees=ctx.rf_trees, noise=noise.name, seed=seed,
+                            stage1_network=ctx.stage1_network, folds=ctx.folds, epochs=ctx.epochs)
+        return rec
     t0 = time.perf_counter()
     dirs = training_sets(ctx, noise, seed)
     stages.plan_folds(dirs, str(out), ctx.folds, seed)
     opts = ctx.train_options(seed, ctx.stage1_network)
     recs = [stages.run_fold(dirs, str(out), k, opts) for k in range(ctx.folds)]
     summ = stages.flag_and_write(dirs, str(out), ctx.folds, "p05", [r.model_id for r in recs], gallery=0)
-    from storage.loader import StampSource
-    table = StampSource(dirs).table
-    un = pd.read_parquet(out / "unlabel.parquet").set_index("stamp_id").loc[table["stamp_id"]]
-    study = flagging_study(table, un["flagged"].to_numpy(bool), seed=seed)
-    study.update({"noise": noise.name, "seed": seed, "stage1_network": ctx.stage1_network, "folds": ctx.folds,
-                  "epochs": ctx.epochs, "seconds": time.perf_counter() - t0})
-    fdir = Path(ctx.out) / "flagging"
-    fdir.mkdir(parents=True, exist_ok=True)
-    _write_json(fdir / f"{noise.name}-s{seed}.json", study)
+    _write_flagging(fpath, dirs, out, {"seconds": time.perf_counter() - t0}, rf_trees=ctx.rf_trees,
+                    noise=noise.name, seed=seed, stage1_network=ctx.stage1_network, folds=ctx.folds,
+                    epochs=ctx.epochs)
     rec = {"dir": str(out), "unlabel": summ.unlabel, "datasets": dirs, "n": summ.n, "n_flagged": summ.n_flagged,
            "flagged_by_label": summ.flagged_by_label, "seconds": time.perf_counter() - t0,
            "folds": [asdict(r) for r in recs]}
     _write_json(done, rec)
     return rec
+
+
+def rf_oof(dirs: list[str], stage1: Path, seed: int, n_estimators: int = 300) -> pd.Series:
+    """Out-of-fold P(real) of the feature baseline (sep shape features + random forest) on
+    the stage 1's own folds (``folds.parquet``), indexed by stamp_id; cached in the stage-1
+    directory as ``rf_oof.parquet``."""
+    from storage.loader import StampSource, load_all
+    from tasks.baseline import features, train_rf
+    cache = Path(stage1) / "rf_oof.parquet"
+    if cache.exists():
+        c = pd.read_parquet(cache)
+        return pd.Series(c["oof_prob"].to_numpy(float), index=c["stamp_id"].to_numpy())
+    src = StampSource(dirs)
+    folds = pd.read_parquet(Path(stage1) / "folds.parquet").set_index("stamp_id").loc[src.table["stamp_id"], "fold"]
+    X = features(src.table, load_all(src).x).to_numpy()
+    y, fold = src.labels, folds.to_numpy()
+    p = np.full(len(y), np.nan)
+    for k in np.unique(fold):
+        te = fold == k
+        p[te] = train_rf(X[~te], y[~te], seed=seed, n_estimators=n_estimators).predict_proba(X[te])[:, 1]
+    out = pd.DataFrame({"stamp_id": src.table["stamp_id"].to_numpy(), "oof_prob": p})
+    tmp = cache.with_name(".rf_oof.parquet.tmp")
+    out.to_parquet(tmp, index=False)
+    os.replace(tmp, cache)
+    return pd.Series(p, index=out["stamp_id"].to_numpy())
+
+
+def _write_flagging(path: Path, dirs: list[str], stage1: Path, extra: dict, rf_trees: int = 300, **tags) -> None:
+    """The flagging study of a finished stage 1 (its unlabel manifest) to ``path``; beside it,
+    under ``alternatives``, the same study for a flagger that averages the CNN's out-of-fold
+    P(real) with the feature baseline's on the same folds (``cnn+rf``, p = 0.5 rule)."""
+    from storage.loader import StampSource
+    table = StampSource(dirs).table
+    un = pd.read_parquet(stage1 / "unlabel.parquet").set_index("stamp_id").loc[table["stamp_id"]]
+    cnn = un["oof_prob"].to_numpy(float)
+    study = flagging_study(table, un["flagged"].to_numpy(bool), seed=tags["seed"], oof_prob=cnn)
+    mean = (cnn + rf_oof(dirs, stage1, tags["seed"], rf_trees).reindex(table["stamp_id"]).to_numpy(float)) / 2
+    lab = table["label"].to_numpy().astype(int)
+    alt = flagging_study(table, np.where(lab == 1, 1 - mean, mean) > 0.5, seed=tags["seed"], oof_prob=mean)
+    study["alternatives"] = {"cnn+rf": {k: alt[k] for k in ("bins", "cuts", "n_flagged")}}
+    study.update({**tags, **extra})
+    _write_json(path, study)
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -798,17 +895,37 @@ def summarize(out: str | Path, *, n_boot: int = 1000, baseline: str = BASELINE) 
     for p in sorted((out / "flagging").glob("*.json")):
         f = json.loads(p.read_text())
         flag.setdefault(f["noise"], []).append(f)
+    for noise, fs in list(flag.items()):  # the alternative flaggers, as noise rows of their own
+        for name in sorted({a for f in fs for a in f.get("alternatives", {})}):
+            alt = [{**f["alternatives"][name], "seed": f["seed"], "flagger": name} for f in fs
+                   if name in f.get("alternatives", {})]
+            flag[(noise, name)] = alt
     flag_rows = []
-    for noise, fs in sorted(flag.items()):
+    for key, fs in sorted(flag.items(), key=lambda kv: (kv[0], "") if isinstance(kv[0], str) else kv[0]):
+        noise, flagger = (key, "cnn") if isinstance(key, str) else key
         for i, b in enumerate(fs[0]["bins"]):
-            r = {"noise": noise, "bin": b["bin"], "seeds": [f["seed"] for f in fs],
+            r = {"noise": noise, "flagger": flagger, "bin": b["bin"], "seeds": [f["seed"] for f in fs],
                  "n": _mean_sd([f["bins"][i]["n"] for f in fs])[0],
                  "n_flagged": _mean_sd([f["bins"][i]["n_flagged"] for f in fs])[0]}
             for t in ("planted", "own", "any"):
                 r[t] = {k: _mean_sd([f["bins"][i][t][k] for f in fs])[0]
                         for k in ("n_target", "precision", "recall", "random_precision", "random_recall")}
+            if all("planted_excl_own" in f["bins"][i] for f in fs):
+                r["planted_excl_own"] = {k: _mean_sd([f["bins"][i]["planted_excl_own"][k] for f in fs])[0]
+                                         for k in ("n_flagged", "n_target", "precision", "recall",
+                                                   "random_expected_precision")}
             flag_rows.append(r)
-    summary = {"rows": rows, "flagging": flag_rows, "n_cells": len(cells), "baseline": baseline,
+    cut_rows = []  # the stricter cuts (S/N > 10), seed means
+    for key, fs in sorted(flag.items(), key=lambda kv: (kv[0], "") if isinstance(kv[0], str) else kv[0]):
+        noise, flagger = (key, "cnn") if isinstance(key, str) else key
+        fs = [f for f in fs if "cuts" in f]
+        for i, c in enumerate(fs[0]["cuts"] if fs else []):
+            r = {"noise": noise, "flagger": flagger, "cut": c["cut"], "seeds": [f["seed"] for f in fs],
+                 "n_flagged": _mean_sd([f["cuts"][i]["n_flagged"] for f in fs])[0]}
+            for t in ("planted", "own", "any", "planted_excl_own"):
+                r[t] = {k: _mean_sd([f["cuts"][i][t][k] for f in fs])[0] for k in ("precision", "recall")}
+            cut_rows.append(r)
+    summary = {"rows": rows, "flagging": flag_rows, "flag_cuts": cut_rows, "n_cells": len(cells), "baseline": baseline,
                "n_heldout": int(len(held)), "n_real_tns": int((vc == 1).sum()), "n_bogus_tns": int((vc == 0).sum()),
                "n_real_objects_tns": int(held.loc[vc == 1, "tns_name"].nunique()),
                "n_truth_real": int((tl == 1).sum()), "n_truth_bogus": int((tl == 0).sum())}
@@ -817,6 +934,7 @@ def summarize(out: str | Path, *, n_boot: int = 1000, baseline: str = BASELINE) 
 
 
 __all__ = ["METHODS", "NOISES", "GRIDS", "BASELINE", "Method", "Noise", "Cell", "grid_cells", "plant_flips",
-           "tail_weights", "derive_dataset", "noisy_training_sets", "flagging_study", "paired_seed_bootstrap",
+           "tail_weights", "derive_dataset", "noisy_training_sets", "flagging_study", "flag_cut_sweep",
+           "error_targets", "rf_oof", "paired_seed_bootstrap",
            "ExperimentContext", "prepare_context", "heldout_table", "run_stage1", "run_cell", "cell_key", "summarize",
            "load_cells"]

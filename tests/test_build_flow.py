@@ -97,3 +97,16 @@ def test_a_bad_sensor_is_skipped_and_recorded(survey, tmp_path):
     (key, reason), = summary["skipped"].items()
     assert str(victim) in reason and f"sensor {man.loc[2, 'sensor']}" in reason
     assert pd.read_parquet(tmp_path / "ds" / "stamps.parquet")["sensor"].notna().all()
+
+
+def test_the_benchmark_sets_each_flow_run_against_the_plain_runs_beside_it():
+    from tests.conftest import load_benchmark
+    bench = load_benchmark("build")
+    runs = [{"mode": m, "wall_s": w} for m, w in
+            [("plain", 100.0), ("flow", 110.0), ("plain", 120.0), ("flow", 125.0), ("plain", 130.0)]]
+    shares = bench.interleaved_shares(runs)
+    assert shares == pytest.approx([1 - 110 / 110, 1 - 125 / 125])  # drift alone: no overhead
+    runs[3]["wall_s"] = 131.25
+    assert bench.interleaved_shares(runs)[1] == pytest.approx(1 - 125 / 131.25)
+    with pytest.raises(ValueError, match="alternate plain, flow"):
+        bench.interleaved_shares(runs[:4])

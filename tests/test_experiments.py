@@ -76,12 +76,41 @@ def test_flagging_study_against_a_known_set():
     assert a["planted"]["precision"] == pytest.approx(3 / 5) and a["planted"]["recall"] == pytest.approx(3 / 5)
     assert a["own"]["precision"] == pytest.approx(1 / 5) and a["own"]["recall"] == pytest.approx(1 / 2)
     assert a["any"]["precision"] == pytest.approx(4 / 5)
+    ex = a["planted_excl_own"]  # the flag on own error 60 set aside: 3 planted of 4 flags
+    assert ex["n"] == 98 and ex["n_flagged"] == 4 and ex["precision"] == pytest.approx(3 / 4)
+    assert ex["recall"] == pytest.approx(3 / 5)
     hi = rows["snr>10"]  # rows 50..99: flagged 70, 71, 60, 80; planted 70, 71, 72
     assert hi["n_flagged"] == 4 and hi["planted"]["precision"] == pytest.approx(2 / 4)
     assert hi["planted"]["recall"] == pytest.approx(2 / 3)
     assert hi["planted"]["random_expected_precision"] == pytest.approx(3 / 50)
     assert rows["<10"]["planted"]["recall"] == pytest.approx(1 / 2)
     assert 0 <= hi["planted"]["random_precision"] <= 1
+
+
+def test_stricter_flag_cuts_trade_recall_for_precision():
+    n = 1000
+    rng = np.random.default_rng(3)
+    t = pd.DataFrame({"survey_label": rng.integers(0, 2, n), "snr": np.full(n, 30.0)})
+    t["true_label"] = t["survey_label"]
+    planted = np.zeros(n, bool)
+    planted[:20] = True
+    t["planted_flip"] = planted
+    t["label"] = np.where(planted, 1 - t["survey_label"], t["survey_label"])
+    # out-of-fold P(real): the planted flips are scored confidently as their true class;
+    # 100 correct labels are hard (other-class probability uniform in (0.5, 0.85))
+    p = np.where(t["true_label"] == 1, 0.95, 0.05).astype(float)
+    p[planted] = np.where(t["true_label"][planted] == 1, 0.97, 0.03)
+    hard = np.arange(20, 120)
+    other = rng.uniform(0.5, 0.85, len(hard))
+    p[hard] = np.where(t["label"][hard] == 1, 1 - other, other)
+    cuts = {c["cut"]: c for c in X.flag_cut_sweep(t, p, cuts=(0.5, 0.9))}
+    assert cuts[0.5]["n_flagged"] == 120 and cuts[0.5]["planted"]["precision"] == pytest.approx(20 / 120)
+    assert cuts[0.9]["n_flagged"] == 20 and cuts[0.9]["planted"]["precision"] == 1.0
+    assert cuts[0.9]["planted"]["recall"] == 1.0
+    s = X.flagging_study(t, (np.where(t["label"] == 1, 1 - p, p) > 0.5), oof_prob=p)
+    assert [c["cut"] for c in s["cuts"]] == list(X.FLAG_CUTS)
+    with pytest.raises(ValueError, match="oof_prob has 3 entries"):
+        X.flag_cut_sweep(t, p[:3])
 
 
 def test_rf_baseline_beats_chance_on_separable_data():
@@ -141,8 +170,20 @@ def test_cells_run_are_cached_and_summarised(tiny):
     assert rem["stage1"]["n"] == 500 and rem["network"] == "simple"
     study = json.loads((d / "out" / "flagging" / "uniform-0.05-s0.json").read_text())
     assert study["n_planted"] == 25 and study["bins"][0]["bin"] == "all"
+    assert [c["cut"] for c in study["cuts"]] == list(X.FLAG_CUTS)
+    alt = study["alternatives"]["cnn+rf"]  # the CNN + feature-baseline flagger on the same folds
+    assert alt["bins"][0]["n"] == 500 and alt["bins"][0]["planted"]["n_target"] == 25
+    assert (d / "work").exists() and list((d / "work").rglob("rf_oof.parquet"))
+    fpath = d / "out" / "flagging" / "uniform-0.05-s0.json"  # an older study, without cuts or alternatives:
+    fpath.write_text(json.dumps({k: v for k, v in study.items() if k not in ("cuts", "alternatives")}))
+    X.run_stage1(ctx, X.Noise("uniform", 0.05), 0)  # cached stage 1: the study is written again
+    again = json.loads(fpath.read_text())
+    assert again["cuts"] == study["cuts"] and again["bins"] == study["bins"]
+    assert again["alternatives"] == study["alternatives"]
     assert base["metrics"]["n_real"] > 0
     s = X.summarize(ctx.out, n_boot=50)
     row = next(r for r in s["rows"] if r["method"] == "rf-sep")
     assert row["tns"]["vs_baseline"]["auc"]["diff_ci"][0] is not None
     assert {r["noise"] for r in s["flagging"]} == {"uniform-0.05"}
+    assert {r["flagger"] for r in s["flagging"]} == {"cnn", "cnn+rf"}
+    assert {(r["flagger"], r["cut"]) for r in s["flag_cuts"]} >= {("cnn", 0.5), ("cnn+rf", 0.9)}
