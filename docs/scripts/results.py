@@ -172,10 +172,13 @@ def main(argv=None) -> int:
               f"patience {sorted({c['train'].get('patience') for c in cells if 'patience' in c['train']})}, "
               f"batch {sorted({c['train'].get('batch_size') for c in cells if 'batch_size' in c['train']})}; "
               f"seeds {sorted({c['seed'] for c in cells})}; cluster bootstrap over TNS objects and images.",
-              f"- Time per cell on the 2-core machine (shared with other developers; load average 1.5-15 during the run): median "
+              f"- Time per cell on the 2-core machine (other jobs at times on the same cores): median "
               f"{np.median([c['seconds']['total'] for c in cells]):.0f} s, max "
               f"{max(c['seconds']['total'] for c in cells):.0f} s (stage 1 counted in the first cell of its "
-              "(noise, seed); budget 60 min).", ""]
+              "(noise, seed); budget 60 min)"
+              + "".join(f"; {net} cells: median {np.median(v):.0f} s, max {max(v):.0f} s" for net, v in sorted(
+                  {n: [c['seconds']['total'] for c in cells if c['network'] == n]
+                   for n in {c['network'] for c in cells}}.items())) + ".", ""]
     if runs:
         L += ["Commands (from `docs/experiments/runs.jsonl`):", "", "```bash"]
         L += [r["command"] for r in runs]
