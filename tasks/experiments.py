@@ -318,6 +318,13 @@ def _pr(flagged: np.ndarray, target: np.ndarray) -> tuple[float | None, float | 
 FLAG_CUTS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
+def _pr_excl_own(flagged: np.ndarray, targets: dict[str, np.ndarray], m: np.ndarray):
+    """(kept mask, precision, recall) against the planted flips within ``m`` once the stamps
+    carrying one of the survey's own errors are left out of the flags and of ``m``."""
+    keep = m & ~targets["own"]
+    return (keep, *_pr(flagged & keep, targets["planted"] & keep))
+
+
 def error_targets(table: pd.DataFrame) -> dict[str, np.ndarray]:
     """(N,) bool masks of the label errors a flag can find: ``planted`` (the planted flips),
     ``own`` (the survey's own errors the planting left in place: survey_label != true_label,
@@ -350,8 +357,7 @@ def flag_cut_sweep(table: pd.DataFrame, oof_prob: np.ndarray, *, cuts: Sequence[
         for name, target in t.items():
             pr, rc = _pr(f, target & m)
             row[name] = {"precision": pr, "recall": rc}
-        keep = m & ~t["own"]
-        pr, rc = _pr(f & keep, t["planted"] & keep)
+        _, pr, rc = _pr_excl_own(f, t, m)
         row["planted_excl_own"] = {"precision": pr, "recall": rc}
         out.append(row)
     return out
@@ -406,8 +412,7 @@ def flagging_study(table: pd.DataFrame, flagged: np.ndarray, *, snr_edges: Seque
                           "random_expected_recall": nf / m.sum() if m.sum() else None}
         # the planted flips among the flags that are not on the survey's own errors: whether
         # stage 1 tells a planted flip from a correct label, the own errors set aside
-        keep = m & ~targets["own"]
-        p, r = _pr(flagged & keep, planted & keep)
+        keep, p, r = _pr_excl_own(flagged, targets, m)
         row["planted_excl_own"] = {"n": int(keep.sum()), "n_flagged": int((flagged & keep).sum()),
                                    "n_target": int((planted & keep).sum()), "precision": p, "recall": r,
                                    "random_expected_precision": float((planted & keep).sum() / keep.sum())
@@ -626,8 +631,9 @@ def _write_flagging(path: Path, dirs: list[str], stage1: Path, extra: dict, rf_t
     cnn = un["oof_prob"].to_numpy(float)
     study = flagging_study(table, un["flagged"].to_numpy(bool), seed=tags["seed"], oof_prob=cnn)
     mean = (cnn + rf_oof(dirs, stage1, tags["seed"], rf_trees).reindex(table["stamp_id"]).to_numpy(float)) / 2
-    lab = table["label"].to_numpy().astype(int)
-    alt = flagging_study(table, np.where(lab == 1, 1 - mean, mean) > 0.5, seed=tags["seed"], oof_prob=mean)
+    from tasks.flagging import flag_label_errors
+    flags = flag_label_errors(table["label"].to_numpy(), mean, "p05").flagged  # stage 1's own rule
+    alt = flagging_study(table, flags, seed=tags["seed"], oof_prob=mean)
     study["alternatives"] = {"cnn+rf": {k: alt[k] for k in ("bins", "cuts", "n_flagged")}}
     study.update({**tags, **extra})
     _write_json(path, study)
