@@ -224,6 +224,19 @@ def interleaved_shares(runs: list[dict]) -> list[float]:
             for i in range(1, len(runs), 2)]
 
 
+def night_config(preset: str, n_images: int):
+    """The preset's survey with enough fields for ``n_images`` sensor images in one night (the
+    visits spaced so that the fields fit), after the CLI's environment settings."""
+    from flows.settings import configure_environment
+    from tasks.simulate import get_preset
+    configure_environment()
+    os.environ["RBFLOW_NO_PROGRESS"] = "1"
+    base = get_preset(preset)
+    n_fields = max(1, int(np.ceil(n_images / (base.n_sensors * base.n_visits))))
+    return base.model_copy(update={"n_fields": n_fields, "visit_interval_min": max(
+        base.visit_interval_min, n_fields * base.field_time_s / 60 + 1)})
+
+
 def overhead(n_images: int, workers: int, seed: int = 0, preset: str = "ci", server: str = "running",
              repeats: int = 1) -> dict:
     """Build flow over n sensor images vs the same build without Prefect and Dask.
@@ -242,16 +255,10 @@ def overhead(n_images: int, workers: int, seed: int = 0, preset: str = "ci", ser
     from flows.ops import free_port, start_server, stop_server
     from flows.options import BuildOptions
     from flows.runner import make_task_runner
-    from flows.settings import configure_environment, prefect_session
+    from flows.settings import prefect_session
     from storage.stampstore import read_ledger
     from storage.survey import simulate_survey
-    from tasks.simulate import get_preset
-    configure_environment()
-    os.environ["RBFLOW_NO_PROGRESS"] = "1"
-    base = get_preset(preset)
-    n_fields = max(1, int(np.ceil(n_images / (base.n_sensors * base.n_visits))))
-    cfg = base.model_copy(update={"n_fields": n_fields, "visit_interval_min": max(base.visit_interval_min,
-                                                                                n_fields * base.field_time_s / 60 + 1)})
+    cfg = night_config(preset, n_images)
     night = "2026-01-05"
     res: dict = {"preset": preset, "workers": workers, "server": server, "cpu_count": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
@@ -278,11 +285,15 @@ def overhead(n_images: int, workers: int, seed: int = 0, preset: str = "ci", ser
                                             workers=workers)
                         summary = build_dataset.with_options(task_runner=make_task_runner(None, workers))(opts)
                     wall = time.perf_counter() - t0
-                work = sum(e["seconds"] for e in read_ledger(out).values())
+                led = read_ledger(out).values()
+                work = sum(e["seconds"] for e in led)
+                work_cpu = sum(e.get("cpu_seconds", 0.0) for e in led)  # the tasks' threads' CPU
                 runs.append({"mode": mode, "wall_s": round(wall, 1), "work_in_tasks_s": round(work, 1),
+                             "cpu_in_tasks_s": round(work_cpu, 1),
                              "cpu_s": mon.by_role, "cpu_total_s": round(sum(mon.by_role.values()), 1),
                              "content_hash": summary["content_hash"], "n_images": summary["n_sensors"]})
-                print(f"  {mode:6s} wall {wall:7.1f} s  work in tasks {work:7.1f} s  cpu {mon.by_role}", flush=True)
+                print(f"  {mode:6s} wall {wall:7.1f} s  work in tasks {work:7.1f} s (CPU {work_cpu:6.1f} s)  "
+                      f"cpu {mon.by_role}", flush=True)
         finally:
             session.__exit__(None, None, None)
             if server_pid:

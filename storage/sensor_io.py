@@ -266,7 +266,7 @@ def _finish_tables(job: SensorJob, result):
 
 def run_sensor_job(job: SensorJob) -> PartRecord:
     """One sensor image end to end; failures become a recorded 'failed' PartRecord."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     _fault_kill_worker(job.key)
     try:
         result, table, inj = process_sensor_files(job)
@@ -285,12 +285,13 @@ def run_sensor_job(job: SensorJob) -> PartRecord:
             reason = f"{e.path}: exposure {job.exposure} sensor {job.sensor}: {e.problem}"
         else:
             reason = f"{job.new}: exposure {job.exposure} sensor {job.sensor}: {type(e).__name__}: {e}"
-        rec = PartRecord(job.key, "failed", 0, reason, "", time.perf_counter() - t0)
+        rec = PartRecord(job.key, "failed", 0, reason, "", time.perf_counter() - t0,
+                         cpu_seconds=time.thread_time() - c0)
         append_ledger(Path(job.dataset_dir), rec)
         return rec
     counts = {"label": {str(k): int(v) for k, v in table["label"].value_counts().items()}}
     rec = PartRecord(job.key, "done", int(len(table)), "", str(path), time.perf_counter() - t0,
-                     timings=_jsonable(result.timings), counts=counts)
+                     timings=_jsonable(result.timings), counts=counts, cpu_seconds=time.thread_time() - c0)
     append_ledger(Path(job.dataset_dir), rec)
     return rec
 

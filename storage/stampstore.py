@@ -105,9 +105,10 @@ class PartRecord:
     n_stamps: int = 0
     reason: str = ""
     path: str = ""
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the task's work
     timings: dict = field(default_factory=dict)
     counts: dict = field(default_factory=dict)
+    cpu_seconds: float = 0.0  # CPU time of the task's thread: seconds minus waiting for a core (contention)
 
 
 def part_key(exposure: str, sensor: str) -> str:
@@ -203,7 +204,8 @@ def read_part(part_dir: Path) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
 def append_ledger(dataset_dir: Path, record: PartRecord) -> None:
     """One line per finished task; O_APPEND writes of one short line are atomic on POSIX."""
     line = json.dumps({"key": record.key, "status": record.status, "n_stamps": record.n_stamps,
-                       "reason": record.reason, "seconds": round(record.seconds, 3)},
+                       "reason": record.reason, "seconds": round(record.seconds, 3),
+                       "cpu_seconds": round(record.cpu_seconds, 3)},
                       sort_keys=True) + "\n"
     Path(dataset_dir).mkdir(parents=True, exist_ok=True)
     fd = os.open(Path(dataset_dir) / "ledger.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

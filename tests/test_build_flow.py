@@ -53,6 +53,17 @@ def test_build_writes_the_contract(reference_build):
     assert (out / "provenance.json").exists()
 
 
+def test_the_ledger_records_each_tasks_wall_and_cpu_time(reference_build):
+    """cpu_seconds (the task thread's CPU) beside seconds (its wall time): their gap is the time
+    the task waited for a core, which the build benchmark reports apart from the work."""
+    out, _ = reference_build
+    led = read_ledger(out)
+    assert len(led) == 8
+    for e in led.values():
+        assert e["status"] == "done"
+        assert 0 < e["cpu_seconds"] <= e["seconds"] * 1.05 + 0.01, e
+
+
 def test_one_worker_gives_the_same_hash_as_two(survey, reference_build, tmp_path):
     _, ref = reference_build
     one = _build(survey, tmp_path / "one", cluster=None, workers=1)
@@ -67,6 +78,15 @@ def test_the_build_without_prefect_and_dask_gives_the_same_hash(survey, referenc
     plain = bench.plain_build(survey / "manifest.csv", tmp_path / "plain", NIGHT, workers=2, executor="thread")
     assert plain["content_hash"] == ref["content_hash"] and plain["done"] == 8 and not plain["skipped"]
     assert json.loads((tmp_path / "plain" / "provenance.json").read_text())["summary"]["n_stamps"] == ref["n_stamps"]
+
+
+def test_the_build_on_dask_alone_gives_the_same_hash(survey, reference_build, tmp_path):
+    """benchmarks/build_breakdown.py's middle case: run_sensor_job mapped on a LocalCluster."""
+    from tests.conftest import load_benchmark
+    bench = load_benchmark("build_breakdown")
+    _, ref = reference_build
+    got = bench.dask_build(survey / "manifest.csv", tmp_path / "dask", NIGHT, workers=1, max_sensors=None)
+    assert got["content_hash"] == ref["content_hash"] and got["done"] == 8 and not got["skipped"]
 
 
 def test_interrupted_build_resumes_to_the_same_hash(survey, reference_build, tmp_path, monkeypatch):
