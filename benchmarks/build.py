@@ -168,7 +168,10 @@ def plain_build(manifest: Path, out: Path, night: str, workers: int, max_sensors
                 executor: str = "process") -> dict:
     """The build without Prefect and Dask: the same storage/builds functions and
     ``run_sensor_job`` on a plain ``concurrent.futures`` pool of ``workers`` spawned processes
-    (``executor="thread"``: threads), then the same join. The baseline of the overhead figure."""
+    (``executor="thread"``: threads; ``"dask"``: mapped on a LocalCluster from the default spec,
+    Dask without Prefect), then the same join. The baseline of the overhead figure."""
+    if executor not in ("process", "thread", "dask"):
+        raise ValueError(f"executor must be 'process', 'thread' or 'dask', got {executor!r}")
     from flows.build import sensor_config_json
     from flows.options import BuildOptions
     opts = BuildOptions(manifest=manifest, night=night, out=out, max_sensors=max_sensors, workers=workers)
@@ -202,10 +205,18 @@ def _plain_build(manifest, out, night, workers, max_sensors, executor, opts, cfg
     with dataset_lock(out, "build"):
         plan = plan_build(out, manifest, night=night, inject=opts.inject, seed=opts.seed, tns=opts.tns,
                           config_json=cfg_json, max_sensors=max_sensors, force=opts.force)
-        pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-                if executor == "process" else ThreadPoolExecutor(workers))
-        with pool:
-            list(pool.map(run_sensor_job, plan.todo))
+        if executor == "dask":  # Dask alone: the default spec's LocalCluster (its worker settings included)
+            import distributed
+
+            from flows.runner import load_cluster_spec
+            kwargs = {**load_cluster_spec(None).get("cluster_kwargs", {}), "n_workers": workers}
+            with distributed.LocalCluster(**kwargs) as cluster, distributed.Client(cluster) as client:
+                client.gather(client.map(run_sensor_job, plan.todo, pure=False))
+        else:
+            pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+                    if executor == "process" else ThreadPoolExecutor(workers))
+            with pool:
+                list(pool.map(run_sensor_job, plan.todo))
         outcome = options_outcome(plan, opts, cfg_json)
         joined = join_parts(out, list(outcome.done), outcome.meta)
     summary = build_summary(plan, outcome, joined)

@@ -34,27 +34,7 @@ MODES = ("plain", "dask", "flow")
 def dask_build(manifest: Path, out: Path, night: str, workers: int, max_sensors: int | None) -> dict:
     """The build on Dask alone: the same plan, ``run_sensor_job`` mapped on a LocalCluster from
     the default spec (its worker settings included), then the same join as the flow."""
-    import distributed
-
-    from flows.build import options_outcome, sensor_config_json
-    from flows.options import BuildOptions
-    from flows.runner import load_cluster_spec
-    from storage.builds import build_summary, plan_build, write_provenance
-    from storage.sensor_io import run_sensor_job
-    from storage.stampstore import dataset_lock, join_parts
-    opts = BuildOptions(manifest=manifest, night=night, out=out, max_sensors=max_sensors, workers=workers)
-    cfg_json = sensor_config_json(opts.config)
-    kwargs = {**load_cluster_spec(None).get("cluster_kwargs", {}), "n_workers": workers}
-    with dataset_lock(out, "build"):
-        plan = plan_build(out, manifest, night=night, inject=opts.inject, seed=opts.seed, tns=opts.tns,
-                          config_json=cfg_json, max_sensors=max_sensors, force=opts.force)
-        with distributed.LocalCluster(**kwargs) as cluster, distributed.Client(cluster) as client:
-            client.gather(client.map(run_sensor_job, plan.todo, pure=False))
-        outcome = options_outcome(plan, opts, cfg_json)
-        joined = join_parts(out, list(outcome.done), outcome.meta)
-    summary = build_summary(plan, outcome, joined)
-    write_provenance(out, summary, outcome.ledger)
-    return summary
+    return _build.plain_build(manifest, out, night, workers, max_sensors=max_sensors, executor="dask")
 
 
 def breakdown(n_images: int, workers: int = 2, preset: str = "tomoe", repeats: int = 1, seed: int = 0) -> dict:
