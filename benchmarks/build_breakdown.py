@@ -31,12 +31,6 @@ _spec.loader.exec_module(_build)
 MODES = ("plain", "dask", "flow")
 
 
-def dask_build(manifest: Path, out: Path, night: str, workers: int, max_sensors: int | None) -> dict:
-    """The build on Dask alone: the same plan, ``run_sensor_job`` mapped on a LocalCluster from
-    the default spec (its worker settings included), then the same join as the flow."""
-    return _build.plain_build(manifest, out, night, workers, max_sensors=max_sensors, executor="dask")
-
-
 def breakdown(n_images: int, workers: int = 2, preset: str = "tomoe", repeats: int = 1, seed: int = 0) -> dict:
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -64,8 +58,9 @@ def breakdown(n_images: int, workers: int = 2, preset: str = "tomoe", repeats: i
                     t0 = time.perf_counter()
                     if mode == "plain":
                         summary = _build.plain_build(manifest, out, night, workers, max_sensors=n_images)
-                    elif mode == "dask":
-                        summary = dask_build(manifest, out, night, workers, n_images)
+                    elif mode == "dask":  # the same plan, map and join on a LocalCluster from the default spec
+                        summary = _build.plain_build(manifest, out, night, workers, max_sensors=n_images,
+                                                     executor="dask")
                     else:
                         opts = BuildOptions(manifest=manifest, night=night, out=out, max_sensors=n_images,
                                             workers=workers)

@@ -83,9 +83,9 @@ def test_the_build_without_prefect_and_dask_gives_the_same_hash(survey, referenc
 def test_the_build_on_dask_alone_gives_the_same_hash(survey, reference_build, tmp_path):
     """benchmarks/build_breakdown.py's middle case: run_sensor_job mapped on a LocalCluster."""
     from tests.conftest import load_benchmark
-    bench = load_benchmark("build_breakdown")
+    bench = load_benchmark("build")
     _, ref = reference_build
-    got = bench.dask_build(survey / "manifest.csv", tmp_path / "dask", NIGHT, workers=1, max_sensors=None)
+    got = bench.plain_build(survey / "manifest.csv", tmp_path / "dask", NIGHT, workers=1, executor="dask")
     assert got["content_hash"] == ref["content_hash"] and got["done"] == 8 and not got["skipped"]
 
 
