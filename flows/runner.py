@@ -16,7 +16,8 @@ FALLBACK_SPEC = {
                     "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 1073741824,
                     "distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "1s",
                     "distributed.admin.system-monitor.interval": "5s",
-                    "distributed.worker.memory.monitor-interval": "1s"},
+                    "distributed.worker.memory.monitor-interval": "1s",
+                    "distributed.worker.preload": ["flows.dask_worker"]},
 }
 
 

@@ -120,3 +120,36 @@ def test_fallback_spec_matches_local_yaml():
 
     from flows.runner import FALLBACK_SPEC, REPO_DEFAULT
     assert yaml.safe_load(REPO_DEFAULT.read_text())["dask_config"] == FALLBACK_SPEC["dask_config"]
+
+
+def _plant_exit_probes(directory: str) -> int:
+    """In a worker: an atexit handler and an object whose __del__ runs only at finalization."""
+    import atexit
+    import os
+    import sys
+    from pathlib import Path
+
+    class _Finalized:
+        def __del__(self):
+            Path(directory, f"finalized-{os.getpid()}").write_text("x")
+
+    sys.modules[__name__]._probe = _Finalized()  # alive until the interpreter tears down
+    atexit.register(lambda: Path(directory, f"atexit-{os.getpid()}").write_text("x"))
+    return os.getpid()
+
+
+@pytest.mark.parametrize("preload", [True, False])
+def test_a_closed_worker_runs_its_exit_handlers_and_skips_finalization(tmp_path, preload):
+    # flows/dask_worker.py (local.yaml's preload): the cluster's close waited 0.6 s per worker
+    # for Python to free Prefect's modules; exit handlers (Prefect's drains, logging) still run
+    import dask
+    import distributed
+    load_cluster_spec(None)
+    with dask.config.set({"distributed.worker.preload": ["flows.dask_worker"] if preload else []}):
+        with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                      dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+            pid = next(iter(client.run(_plant_exit_probes, str(tmp_path)).values()))
+            proc = next(iter(cluster.workers.values())).process.process
+    assert (tmp_path / f"atexit-{pid}").exists()  # every atexit handler ran
+    assert (tmp_path / f"finalized-{pid}").exists() is not preload  # finalization skipped only with the preload
+    assert proc.exitcode == 0
