@@ -29,7 +29,7 @@ __all__ = ["build_dataset", "format_summary", "run_build", "sensor_config_json"]
 def sensor_config_json(config: Path | None) -> str:
     """The per-sensor settings as JSON; ``ValueError`` naming the file and every bad key."""
     from pydantic import ValidationError
-    from tasks.sensor import SensorConfig
+    from tasks.config import SensorConfig
     if not config:
         return SensorConfig().model_dump_json()
     path = Path(config)

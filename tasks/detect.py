@@ -20,34 +20,15 @@ import pandas as pd
 import sep
 from astropy.coordinates import SkyCoord
 import astropy.units as u
-from pydantic import BaseModel, ConfigDict, Field
 from scipy.spatial import cKDTree
 
+from tasks.config import DetectConfig  # noqa: F401 (re-exported: callers import it from here)
 from tasks.psf import PSFResult
 from tasks.types import StampFlag
 
 DETECT_COLUMNS = ("det_id", "x", "y", "flux", "flux_err", "snr", "a", "b", "theta", "fwhm",
                   "elongation", "npix", "isdiffpos", "peak", "sep_flag")
 ARTIFACT_DEFAULT = "artifact"
-
-
-class DetectConfig(BaseModel):
-    """sep detection on the difference image."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    thresh: float = Field(5.0, gt=0, description="threshold in units of the noise map (sigma)")
-    minarea: int = Field(5, ge=1, description="minimum number of pixels above threshold")
-    deblend_cont: float = Field(0.005, gt=0, le=1, description="sep deblending contrast")
-    clean: bool = Field(
-        False, description="sep/SExtractor cleaning of wing detections; off: with the PSF "
-        "filter it dropped 1/3 of isolated injections (157 vs 233 detections, measured)")
-    negative: bool = Field(True, description="also detect negative sources (on -diff)")
-    aper_radius_fwhm: float = Field(1.5, gt=0, description="aperture radius in PSF FWHMs")
-    default_fwhm_px: float = Field(3.0, gt=0, description="FWHM used when no PSF is given")
-    match_radius_px: float = Field(2.0, gt=0, description="injection / truth match radius (px)")
-    max_detections: int = Field(
-        20000, ge=1, description="keep at most this many (highest S/N) per image")
 
 
 def _filter_kernel(psf: PSFResult | None) -> np.ndarray:

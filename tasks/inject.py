@@ -22,44 +22,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import ndimage
 
+from tasks.config import InjectConfig  # noqa: F401 (re-exported: callers import it from here)
 from tasks.psf import PSFResult, scatter_boxes
 from tasks.types import ImageMeta
 
 PLAN_COLUMNS = ("injection_id", "x", "y", "ra", "dec", "mag", "flux_adu", "host_id",
                 "host_offset_arcsec", "kind", "flags", "seed")
 EXP_DISK_RHALF_OVER_H = 1.678  # half-light radius of an exponential disk in scale lengths
-
-
-class InjectConfig(BaseModel):
-    """How many fake point sources go where, and how bright."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    n_host: int = Field(40, ge=0, description="injections around catalogue hosts per sensor")
-    n_hostless: int = Field(40, ge=0, description="injections uniform over the sensor")
-    mag_bright: float = Field(15.0, description="brightest magnitude (without limiting_mag)")
-    mag_faint: float = Field(21.0, description="faintest magnitude (without limiting_mag)")
-    bright_range: float = Field(
-        5.0, gt=0, description="with limiting_mag: brightest = limiting_mag - bright_range")
-    beyond_limit: float = Field(
-        1.0, ge=0, description="with limiting_mag: faintest = limiting_mag + beyond_limit")
-    edge_px: int = Field(16, ge=0, description="keep injections this far from the border (px)")
-    mask_margin_px: int = Field(3, ge=0, description="and this far from masked pixels (px)")
-    min_separation_px: float = Field(
-        8.0, ge=0, description="an injection closer than this to an earlier one is dropped "
-        "(two blended fakes would give one detection two labels)")
-    min_r_half_px: float = Field(
-        0.5, gt=0, description="floor on a host's r_half (px) for the offset scale")
-
-    @model_validator(mode="after")
-    def _mags(self) -> "InjectConfig":
-        if self.mag_faint <= self.mag_bright:
-            raise ValueError(
-                f"mag_faint ({self.mag_faint}) must be fainter than mag_bright ({self.mag_bright})")
-        return self
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ median parameters define the PSF (method='moffat'); with no usable star at all, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import sep
@@ -31,49 +30,13 @@ from astropy.modeling import fitting, models
 from astropy.nddata import NDData
 from astropy.table import Table
 from photutils.psf import EPSFBuilder, ImagePSF, extract_stars
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tasks.config import PSFConfig  # noqa: F401 (re-exported: callers import it from here)
 from tasks.types import ImageMeta
 
 
 class PSFError(ValueError):
     """No PSF could be determined for an image (not even the analytic fallback)."""
-
-
-class PSFConfig(BaseModel):
-    """Star selection and ePSF building parameters."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    oversampling: int = Field(3, ge=1, le=8, description="ePSF oversampling factor")
-    box_size: int = Field(25, ge=7, description="star cut-out size in px (odd)")
-    max_stars: int = Field(100, ge=1, description="use at most this many (brightest) stars")
-    min_stars: int = Field(15, ge=1, description="fewer selected stars -> Moffat fallback")
-    maxiters: int = Field(5, ge=1, description="EPSFBuilder iterations")
-    detect_thresh: float = Field(3.0, gt=0, description="sep threshold in background sigma")
-    min_snr: float = Field(20.0, gt=0, description="aperture S/N cut for PSF stars")
-    smoothing_kernel: Literal["quartic", "quadratic"] = Field(
-        "quadratic", description="EPSFBuilder smoothing kernel (quadratic: measured 4x smaller "
-        "sub-pixel centroid error than quartic with ~70 stars at oversampling 3)")
-    stars_per_phase: float = Field(
-        6.0, gt=0, description="lower the oversampling until n_stars / os**2 >= this")
-    aper_radius: float = Field(6.0, gt=0, description="aperture radius (px) for the S/N cut")
-    isolation_px: float = Field(12.0, ge=0, description="no other detection within this (px)")
-    saturation_fraction: float = Field(
-        0.9, gt=0, le=1, description="reject stars whose peak exceeds this x saturation")
-    max_elongation: float = Field(1.5, ge=1, description="reject a/b above this")
-    size_clip: float = Field(1.5, gt=1, description="reject sqrt(ab) above this x median")
-    fallback_beta: float = Field(
-        3.5, gt=1, description="Moffat beta used when no star is usable and seeing is known")
-
-    @model_validator(mode="after")
-    def _odd_box(self) -> "PSFConfig":
-        if self.box_size % 2 == 0:
-            raise ValueError(f"box_size must be odd, got {self.box_size}")
-        if self.min_stars > self.max_stars:
-            raise ValueError(
-                f"min_stars ({self.min_stars}) must be <= max_stars ({self.max_stars})")
-        return self
 
 
 @dataclass(frozen=True)

@@ -12,43 +12,17 @@ import numpy as np
 import pandas as pd
 import sep
 from astropy.wcs import WCS
-from pydantic import BaseModel, ConfigDict, Field
 from scipy.spatial import cKDTree
 
+from tasks.config import DetectConfig, InjectConfig, PSFConfig, SensorConfig, SubtractConfig  # noqa: F401 (re-exported)
 from tasks.cutout import cutouts
-from tasks.detect import DetectConfig, assign_truth, detect, label_from_tns, match_injections
-from tasks.inject import InjectConfig, inject as inject_sources, plan_injections
-from tasks.psf import PSFConfig, PSFResult, build_psf
-from tasks.subtract import SubtractConfig, subtract
+from tasks.detect import assign_truth, detect, label_from_tns, match_injections
+from tasks.inject import inject as inject_sources, plan_injections
+from tasks.psf import PSFResult, build_psf
+from tasks.subtract import subtract
 from tasks.types import STAMP_SIZE, ImageMeta, StampFlag
 
 GAUSS_RHALF_OVER_FWHM = 0.5  # half-light radius of a Gaussian = FWHM / 2
-
-
-class SensorConfig(BaseModel):
-    """Everything the per-sensor pipeline needs (nests the step configs)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    psf: PSFConfig = Field(default_factory=PSFConfig, description="ePSF building / star selection")
-    inject: InjectConfig = Field(default_factory=InjectConfig, description="injection plan")
-    subtract: SubtractConfig = Field(default_factory=SubtractConfig, description="subtraction")
-    detect: DetectConfig = Field(default_factory=DetectConfig, description="detection on diff")
-    tns_radius_arcsec: float = Field(2.0, gt=0, description="TNS match radius (arcsec)")
-    bright_star_radius_px: float = Field(
-        15.0, gt=0, description="NEAR_BRIGHT_STAR: a bright catalogue star within this (px)")
-    bright_peak_fraction: float = Field(
-        0.25, gt=0, description="a star is bright if its expected peak >= this x saturation")
-    bright_star_mag: float | None = Field(
-        None, description="or if brighter than this magnitude (None: peak rule only)")
-    catalog_thresh: float = Field(
-        5.0, gt=0, description="catalog_from_ref: sep threshold in background sigma")
-    extended_factor: float = Field(
-        1.5, gt=1, description="catalog_from_ref: extended if r_half > this x PSF r_half")
-    use_given_sub: bool = Field(
-        False, description="where a manifest row gives a difference image (`sub`), inject into "
-        "and detect on it instead of subtracting (rows with `sub` and no `ref` always do); "
-        "see docs/per_sensor.md 'Real-data ingest modes'")
 
 
 @dataclass(frozen=True)

@@ -34,47 +34,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import sep
 from astropy.wcs import WCS
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import ndimage, signal
 from scipy.spatial import cKDTree
+
+from tasks.config import SubtractConfig  # noqa: F401 (re-exported: callers import it from here)
 
 __all__ = ["SubtractConfig", "Subtraction", "subtract", "gaussian_basis", "NoOverlapError"]
 
 
 class NoOverlapError(ValueError):
     """The new and reference images do not overlap on the sky (per their WCS)."""
-
-
-class SubtractConfig(BaseModel):
-    """Parameters of the registration and the Alard-Lupton kernel fit."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    kernel_half_width: int = Field(7, ge=2, le=20, description="Kernel is (2*h+1)^2 px.")
-    basis_sigmas: tuple[float, ...] = Field((0.7, 1.5, 3.0), description="Gaussian basis widths in px.")
-    basis_degrees: tuple[int, ...] = Field((6, 4, 2), description="Polynomial degree multiplying each Gaussian.")
-    stamp_half_width: int = Field(10, ge=3, description="Fit stamps are (2*s+1)^2 px around each star.")
-    max_stars: int = Field(150, ge=1, description="At most this many (brightest usable) stars in the fit.")
-    min_stars: int = Field(6, ge=1, description="Fewer usable stars than this -> Gaussian fallback kernel.")
-    detect_thresh: float = Field(5.0, gt=0, description="sep detection threshold in background sigma.")
-    match_radius: float = Field(2.5, gt=0, description="Max distance (px) to match stars between the images.")
-    max_peak_fraction: float = Field(0.5, gt=0, le=1, description="Fit stars must peak below this fraction of saturation.")
-    min_peak_snr: float = Field(15.0, gt=0, description="Fit stars must peak above this many background sigma.")
-    clip_sigma: float = Field(3.0, gt=0, description="Stamps with chi2 beyond median + clip_sigma * robust sigma are rejected.")
-    clip_iterations: int = Field(3, ge=0, description="Rounds of stamp rejection.")
-    background_box: int = Field(64, ge=8, description="sep.Background box size (px).")
-    interp_order: int = Field(3, ge=1, le=5, description="Spline order used to resample the ref.")
-    zero_is_bad: bool = Field(True, description="Treat exactly-zero pixels as missing (zero-filled).")
-
-    @model_validator(mode="after")
-    def _check(self) -> "SubtractConfig":
-        if len(self.basis_sigmas) != len(self.basis_degrees) or not self.basis_sigmas:
-            raise ValueError("basis_sigmas and basis_degrees must be non-empty and of equal length")
-        if min(self.basis_sigmas) <= 0:
-            raise ValueError(f"basis_sigmas: must be > 0, got {self.basis_sigmas}")
-        if min(self.basis_degrees) < 0:
-            raise ValueError(f"basis_degrees: must be >= 0, got {self.basis_degrees}")
-        return self
 
 
 @dataclass(frozen=True)

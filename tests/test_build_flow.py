@@ -130,3 +130,24 @@ def test_the_benchmark_sets_each_flow_run_against_the_plain_runs_beside_it():
     assert bench.interleaved_shares(runs)[1] == pytest.approx(1 - 125 / 131.25)
     with pytest.raises(ValueError, match="alternate plain, flow"):
         bench.interleaved_shares(runs[:4])
+
+
+def test_the_flow_validates_sensor_settings_without_importing_the_image_libraries(tmp_path):
+    """flows.build.sensor_config_json runs in the flow's process before any task: it must not
+    pull in photutils / scipy.signal / sep (tasks.sensor), ~2.5 s of CPU per build; and the
+    settings it gives, file or defaults, are those of tasks.sensor.SensorConfig."""
+    import subprocess
+    import sys
+    cfg = tmp_path / "sensor.yaml"
+    cfg.write_text("psf:\n  oversampling: 2\ndetect:\n  thresh: 4.0\n")
+    code = ("import json, sys\nfrom flows.build import sensor_config_json\n"
+            f"out = [sensor_config_json(None), sensor_config_json({str(cfg)!r})]\n"
+            "heavy = [m for m in ('tasks.sensor', 'tasks.psf', 'photutils', 'scipy.signal', 'sep') if m in sys.modules]\n"
+            "print(json.dumps({'heavy': heavy, 'out': out}))")
+    res = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+                     .stdout.strip().splitlines()[-1])
+    assert res["heavy"] == []
+    from tasks.sensor import SensorConfig
+    assert res["out"][0] == SensorConfig().model_dump_json()
+    want = SensorConfig.model_validate({"psf": {"oversampling": 2}, "detect": {"thresh": 4.0}})
+    assert res["out"][1] == want.model_dump_json()
