@@ -22,7 +22,7 @@ from astropy.coordinates import SkyCoord
 import astropy.units as u
 from scipy.spatial import cKDTree
 
-from tasks.config import DetectConfig  # noqa: F401 (re-exported: callers import it from here)
+from tasks.config import DetectConfig  # defined there, kept importable from here
 from tasks.psf import PSFResult
 from tasks.types import StampFlag
 

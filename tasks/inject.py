@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from tasks.config import InjectConfig  # noqa: F401 (re-exported: callers import it from here)
+from tasks.config import InjectConfig  # defined there, kept importable from here
 from tasks.psf import PSFResult, scatter_boxes
 from tasks.types import ImageMeta
 

@@ -31,7 +31,7 @@ from astropy.nddata import NDData
 from astropy.table import Table
 from photutils.psf import EPSFBuilder, ImagePSF, extract_stars
 
-from tasks.config import PSFConfig  # noqa: F401 (re-exported: callers import it from here)
+from tasks.config import PSFConfig  # defined there, kept importable from here
 from tasks.types import ImageMeta
 
 

@@ -14,7 +14,7 @@ import sep
 from astropy.wcs import WCS
 from scipy.spatial import cKDTree
 
-from tasks.config import DetectConfig, InjectConfig, PSFConfig, SensorConfig, SubtractConfig  # noqa: F401 (re-exported)
+from tasks.config import SensorConfig  # defined there, kept importable from here
 from tasks.cutout import cutouts
 from tasks.detect import assign_truth, detect, label_from_tns, match_injections
 from tasks.inject import inject as inject_sources, plan_injections

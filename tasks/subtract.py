@@ -37,7 +37,7 @@ from astropy.wcs import WCS
 from scipy import ndimage, signal
 from scipy.spatial import cKDTree
 
-from tasks.config import SubtractConfig  # noqa: F401 (re-exported: callers import it from here)
+from tasks.config import SubtractConfig  # defined there, kept importable from here
 
 __all__ = ["SubtractConfig", "Subtraction", "subtract", "gaussian_basis", "NoOverlapError"]
 
