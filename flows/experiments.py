@@ -85,22 +85,22 @@ def experiments(options: ExperimentsOptions) -> dict:
                                                                                         ctx.reference_seed)
     done, ran, failed = [], 0, []
     for i, c in enumerate(cells):
-        t0 = time.perf_counter()
+        t0, name = time.perf_counter(), X.cell_name(c, ctx)
         if X.cached_cell(c, ctx) is not None:
             rec = {**X.cached_cell(c, ctx), "cached": True}
         else:
             try:
-                rec = cell_task.with_options(task_run_name=c.name)(c, ctx)
+                rec = cell_task.with_options(task_run_name=name)(c, ctx)
             except Exception as e:  # a failed cell is logged, not cached; the grid goes on
-                log.error("cell %s failed: %s: %s", c.name, type(e).__name__, e)
-                failed.append({"cell": c.name, "error": f"{type(e).__name__}: {e}"})
+                log.error("cell %s failed: %s: %s", name, type(e).__name__, e)
+                failed.append({"cell": name, "error": f"{type(e).__name__}: {e}"})
                 continue
             ran += 1
         m = rec.get("metrics") or {}
         t = rec.get("truth") or {}
-        print(f"[{i + 1}/{len(cells)}] {c.name}: AUC {m.get('auc')} FPR@0.9 {m.get('fpr_at_tpr90')} | truth AUC "
+        print(f"[{i + 1}/{len(cells)}] {name}: AUC {m.get('auc')} FPR@0.9 {m.get('fpr_at_tpr90')} | truth AUC "
               f"{t.get('auc')} FPR@0.9 {t.get('fpr_at_tpr90')} ({'cached' if rec.get('cached') else f'{time.perf_counter() - t0:.0f} s'})")
-        done.append(c.name)
+        done.append(name)
     summary = summary_task(ctx.out, n_boot=max(options.n_boot, 200))
     if failed:
         (Path(ctx.out) / "failed.json").write_text(__import__("json").dumps(failed, indent=1))

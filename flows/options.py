@@ -171,7 +171,7 @@ class ExperimentsOptions(FlowOptions):
     preset: str | None = Field(None, description="Build the nights from this survey preset into WORK/data/ (instead of --train/--heldout); the issue's full size is 'val'.")
     train_nights: int = Field(2, ge=1, le=30, description="With --preset: injected training nights.")
     heldout_nights: int = Field(1, ge=1, le=30, description="With --preset: --no-inject held-out nights (after the training nights).")
-    network: Literal["simple", "complex", "paper"] = Field("simple", description="Network of every CNN row (simple: Simple stands in for Complex on CPU; paper: each row's own network).")
+    network: Literal["simple", "complex", "paper"] = Field("simple", description="Network of every CNN row (simple: Simple stands in for Complex on CPU, and a Complex row's cells are named ...__on-simple; paper: each row's own network).")
     stage1_network: Literal["simple", "complex"] = Field("simple", description="Network of the stage-1 folds.")
     folds: int = Field(5, ge=2, le=20, description="Stage-1 folds.")
     epochs: int = Field(8, ge=1, le=1000, description="Maximum epochs per training (early stopping on a validation split).")

@@ -664,8 +664,17 @@ def cell_key(cell: Cell, ctx: ExperimentContext) -> str:
     return stable_hash(params)
 
 
+def cell_name(cell: Cell, ctx: ExperimentContext) -> str:
+    """The file stem of a cell's JSON, scores and model: ``METHOD__NOISE__sSEED`` when the cell runs on
+    its row's own network, with ``__on-NET`` added when another network stands in (``--network simple``
+    for a *Complex* row), so that the stand-in's cells and the row's own sit side by side."""
+    m = METHODS[cell.method]
+    net = ctx.network_for(m)
+    return cell.name if m.kind == "rf" or net == m.network else f"{cell.name}__on-{net}"
+
+
 def cell_path(cell: Cell, ctx: ExperimentContext) -> Path:
-    return Path(ctx.out) / "cells" / f"{cell.name}.json"
+    return Path(ctx.out) / "cells" / f"{cell_name(cell, ctx)}.json"
 
 
 def cached_cell(cell: Cell, ctx: ExperimentContext) -> dict | None:
@@ -699,7 +708,7 @@ def _score_cnn(cell: Cell, ctx: ExperimentContext, m: Method, dirs: list[str], u
              "vat_xi": lc.vat_xi, "vat_eps": lc.vat_eps, "vat_power_iters": lc.vat_power_iters}
     if unlabel is None:  # mode 'all' needs no flags: an unlabel manifest that flags nothing
         unlabel = _no_flags_manifest(ctx, dirs, cell)
-    model_dir = Path(ctx.work) / "models" / f"{cell.name}-{cell_key(cell, ctx)}"
+    model_dir = Path(ctx.work) / "models" / f"{cell_name(cell, ctx)}-{cell_key(cell, ctx)}"
     if model_dir.exists() and not (model_dir / "model.pt2").exists():
         shutil.rmtree(model_dir)
     if (model_dir / "model.pt2").exists():
@@ -799,8 +808,8 @@ def run_cell(cell: Cell, ctx: ExperimentContext, held: pd.DataFrame | None = Non
     sdir = Path(ctx.out) / "scores"
     sdir.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"stamp_id": det["stamp_id"], "score": scores.astype(np.float32)}).to_parquet(
-        sdir / f"{cell.name}.parquet", index=False)
-    rec = {"key": cell_key(cell, ctx), "cell": asdict(cell), "method": asdict(m), "noise": cell.noise,
+        sdir / f"{cell_name(cell, ctx)}.parquet", index=False)
+    rec = {"key": cell_key(cell, ctx), "name": cell_name(cell, ctx), "cell": asdict(cell), "method": asdict(m), "noise": cell.noise,
            "seed": cell.seed, "network": ctx.network_for(m),
            "stage1_network": ctx.stage1_network if m.needs_stage1 else None,
            "train": ctx.train_options(cell.seed, ctx.network_for(m)) if m.kind == "cnn" else {"rf_trees": ctx.rf_trees},
@@ -835,6 +844,14 @@ def _code_version() -> dict:
 # ------------------------------------------------------------------------------ summary
 
 
+def record_name(rec: dict) -> str:
+    """The file stem of a cell JSON record (``cell_name`` of the context it ran in)."""
+    c, m = rec["cell"], rec["method"]
+    base = Cell(c["method"], c["noise"], c["seed"]).name
+    return rec.get("name") or (base if m["kind"] == "rf" or rec["network"] == m["network"] else
+                               f"{base}__on-{rec['network']}")
+
+
 def load_cells(out: str | Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((Path(out) / "cells").glob("*.json"))]
 
@@ -857,15 +874,15 @@ def summarize(out: str | Path, *, n_boot: int = 1000, baseline: str = BASELINE) 
     scores: dict[str, np.ndarray] = {}
 
     def sc(c: dict) -> np.ndarray:
-        name = Cell(c["cell"]["method"], c["cell"]["noise"], c["cell"]["seed"]).name
+        name = record_name(c)
         if name not in scores:
             s = pd.read_parquet(out / "scores" / f"{name}.parquet").set_index("stamp_id")["score"]
             scores[name] = s.reindex(held["stamp_id"]).to_numpy(float)
         return scores[name]
 
-    by: dict[tuple[str, str], dict[int, dict]] = {}
+    by: dict[tuple[str, str, str], dict[int, dict]] = {}  # (method, noise, network) -> seed -> cell
     for c in cells:
-        by.setdefault((c["cell"]["method"], c["cell"]["noise"]), {})[int(c["cell"]["seed"])] = c
+        by.setdefault((c["cell"]["method"], c["cell"]["noise"], c["network"]), {})[int(c["cell"]["seed"])] = c
     vc = held["val_class"].to_numpy()
     tl = pd.to_numeric(held["true_label"], errors="coerce").to_numpy(float)
     label_sets = {"tns": (vc >= 0, vc, held["tns_name"].astype(str).to_numpy(object)),
@@ -873,9 +890,10 @@ def summarize(out: str | Path, *, n_boot: int = 1000, baseline: str = BASELINE) 
                             held["injection_id"].astype("string").fillna(held["stamp_id"]).astype(str).to_numpy(object)
                             if "injection_id" in held else None)}
     rows = []
-    for (method, noise), seeds in sorted(by.items()):
+    own = {m: mm.network for m, mm in METHODS.items()}  # each row's own network
+    for (method, noise, network), seeds in sorted(by.items()):
         row = {"method": method, "noise": noise, "seeds": sorted(seeds), "row": METHODS[method].row
-               if method in METHODS else method, "network": next(iter(seeds.values()))["network"],
+               if method in METHODS else method, "network": network, "stand_in": network != own.get(method, network),
                "seconds_mean": _mean_sd([c["seconds"]["total"] for c in seeds.values()])[0]}
         for lab in ("tns", "truth"):
             key = "metrics" if lab == "tns" else "truth"
@@ -887,7 +905,7 @@ def summarize(out: str | Path, *, n_boot: int = 1000, baseline: str = BASELINE) 
                                               "auc_ci": (c.get(key) or {}).get("auc_ci"),
                                               "fpr_at_tpr90_ci": (c.get(key) or {}).get("fpr_at_tpr90_ci")}
                                      for s, c in seeds.items()}}
-            base = by.get((baseline, noise), {})
+            base = by.get((baseline, noise, own[baseline]), {})
             common = sorted(set(seeds) & set(base))
             if method != baseline and common and n_boot:
                 keep, y, obj = label_sets[lab]
@@ -939,5 +957,6 @@ def summarize(out: str | Path, *, n_boot: int = 1000, baseline: str = BASELINE) 
 __all__ = ["METHODS", "NOISES", "GRIDS", "BASELINE", "Method", "Noise", "Cell", "grid_cells", "plant_flips",
            "tail_weights", "derive_dataset", "noisy_training_sets", "flagging_study", "flag_cut_sweep",
            "error_targets", "rf_oof", "paired_seed_bootstrap",
-           "ExperimentContext", "prepare_context", "heldout_table", "run_stage1", "run_cell", "cell_key", "summarize",
+           "ExperimentContext", "prepare_context", "heldout_table", "run_stage1", "run_cell", "cell_key", "cell_name",
+           "record_name", "summarize",
            "load_cells"]

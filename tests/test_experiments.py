@@ -1,6 +1,7 @@
 """The experiment grid's logic on tiny synthetic datasets (tasks/experiments.py, tasks/baseline.py)."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -168,6 +169,14 @@ def test_cells_run_are_cached_and_summarised(tiny):
     base = X.run_cell(X.Cell("simple-all", "uniform-0.05", 0), ctx)
     rem = X.run_cell(X.Cell("complex-removed", "uniform-0.05", 0), ctx)  # stage 1 (2 folds) + removed
     assert rem["stage1"]["n"] == 500 and rem["network"] == "simple"
+    # a stand-in's files carry its network; the row's own network would write beside them, not over them
+    assert X.cell_path(X.Cell("complex-removed", "uniform-0.05", 0), ctx).name == \
+        "complex-removed__uniform-0.05__s0__on-simple.json" and rem["name"].endswith("__on-simple")
+    own = replace(ctx, network="paper")
+    assert X.cell_name(X.Cell("complex-removed", "uniform-0.05", 0), own) == "complex-removed__uniform-0.05__s0"
+    assert X.cell_key(X.Cell("complex-removed", "uniform-0.05", 0), own) != rem["key"]
+    assert X.cell_name(rf, own) == X.cell_name(rf, ctx) == rf.name
+    assert (d / "out" / "scores" / "complex-removed__uniform-0.05__s0__on-simple.parquet").exists()
     study = json.loads((d / "out" / "flagging" / "uniform-0.05-s0.json").read_text())
     assert study["n_planted"] == 25 and study["bins"][0]["bin"] == "all"
     assert [c["cut"] for c in study["cuts"]] == list(X.FLAG_CUTS)
@@ -181,7 +190,27 @@ def test_cells_run_are_cached_and_summarised(tiny):
     assert again["cuts"] == study["cuts"] and again["bins"] == study["bins"]
     assert again["alternatives"] == study["alternatives"]
     assert base["metrics"]["n_real"] > 0
+    # the same cell as if it had run on the SE-ResNet: summarised as a row of its own, not mixed in
+    fake = {**rem, "network": "complex", "name": X.cell_name(X.Cell("complex-removed", "uniform-0.05", 0), own)}
+    (d / "out" / "cells" / f"{fake['name']}.json").write_text(json.dumps(fake))
+    sdir = d / "out" / "scores"
+    (sdir / f"{fake['name']}.parquet").write_bytes((sdir / f"{rem['name']}.parquet").read_bytes())
     s = X.summarize(ctx.out, n_boot=50)
+    rows = {(r["method"], r["network"]): r for r in s["rows"]}
+    assert rows["complex-removed", "simple"]["stand_in"] and not rows["complex-removed", "complex"]["stand_in"]
+    assert not rows["simple-all", "simple"]["stand_in"] and "vs_baseline" in rows["complex-removed", "complex"]["tns"]
+    import importlib.util  # docs/scripts/results.py puts the two side by side, each under its network
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "rbflow_results", Path(__file__).resolve().parents[1] / "docs" / "scripts" / "results.py")
+    results = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(results)
+    md = d / "results.md"
+    assert results.main(["--out", str(d / "out"), "--md", str(md), "--n-boot", "20"]) == 0
+    lines = md.read_text().splitlines()
+    assert sum(ln.startswith("| complex-removed (on simple) |") for ln in lines) == 3  # AUC, FPR, paired
+    assert sum(ln.startswith("| complex-removed |") for ln in lines) == 3
+    (d / "out" / "cells" / f"{fake['name']}.json").unlink()
     row = next(r for r in s["rows"] if r["method"] == "rf-sep")
     assert row["tns"]["vs_baseline"]["auc"]["diff_ci"][0] is not None
     assert {r["noise"] for r in s["flagging"]} == {"uniform-0.05"}

@@ -44,13 +44,28 @@ def diff(row, lab, metric, fmt="{:+.4f}"):
     return f"{f(d['diff'], fmt)} [{f(lo, fmt)}, {f(hi, fmt)}]"
 
 
+def variants(rows: list[dict]) -> list[tuple[str, str]]:
+    """(method, network) pairs present, in the paper's row order, each row's own network first and a
+    stand-in (``--network simple`` for a Complex row) after it."""
+    have = {(r["method"], r["network"], r.get("stand_in", False)) for r in rows}
+    return [(m, n) for m in METHODS for _, n in sorted((si, n) for mm, n, si in have if mm == m)]
+
+
+def label(m: str, net: str) -> str:
+    return m if net == METHODS[m].network else f"{m} (on {net})"
+
+
+def find(rows: list[dict], m: str, net: str, noise: str) -> dict | None:
+    return next((r for r in rows if r["method"] == m and r["network"] == net and r["noise"] == noise), None)
+
+
 def fpr_plot(summary: dict, out: Path) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     rows = summary["rows"]
     # only methods run at more than one noise level (single points belong to the tables)
-    methods = [m for m in METHODS if len({r["noise"] for r in rows if r["method"] == m}) > 1]
+    methods = [v for v in variants(rows) if len({r["noise"] for r in rows if (r["method"], r["network"]) == v}) > 1]
     paths = []
     for lab, title in (("truth", "against simulation truth"), ("tns", "against TNS-matched reals")):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
@@ -58,7 +73,7 @@ def fpr_plot(summary: dict, out: Path) -> list[Path]:
             for k, m in enumerate(methods):
                 pts = []
                 for r in rows:
-                    if r["method"] != m:
+                    if (r["method"], r["network"]) != m:
                         continue
                     n = Noise.parse(r["noise"])
                     if n.model in ("survey", model):
@@ -70,7 +85,7 @@ def fpr_plot(summary: dict, out: Path) -> list[Path]:
                 pts.sort()
                 x, y, e = map(np.array, zip(*pts))
                 jitter = (k - (len(methods) - 1) / 2) * 0.08  # side by side, so the error bars stay apart
-                ax.errorbar(x * 100 + jitter, y, yerr=e, marker="o", capsize=3, label=m)
+                ax.errorbar(x * 100 + jitter, y, yerr=e, marker="o", capsize=3, label=label(*m))
             ax.set_xlabel(f"planted {model} flips (% of each class; 0 = the survey's own errors only)")
             ax.set_title(f"{model} flips")
             ax.grid(alpha=0.3)
@@ -191,16 +206,16 @@ def main(argv=None) -> int:
           "| row | paper AUC | paper FPR | AUC (TNS) | FPR (TNS) | ΔFPR vs Simple-all (TNS) | AUC (truth) | FPR (truth) | ΔFPR vs Simple-all (truth) | ΔAUC (truth) | seeds |",
           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for m, meth in METHODS.items():
-        r = next((r for r in rows if r["method"] == m and r["noise"] == "survey"), None)
         pa, pf = meth.paper if meth.paper else (None, None)
-        if r is None:
+        here = [r for r in rows if r["method"] == m and r["noise"] == "survey"]
+        if not here:
             L.append(f"| {meth.row} | {f(pa)} | {f(pf, '{:.2e}')} | not run | | | | | | | |")
-            continue
-        L.append(f"| {meth.row} ({r['network']}) | {f(pa)} | {f(pf, '{:.2e}')} | {ms(r['tns']['auc'])} | "
-                 f"{ms(r['tns']['fpr_at_tpr90'], '{:.3f}')} | {diff(r, 'tns', 'fpr_at_tpr90', '{:+.3f}')} | "
-                 f"{ms(r['truth']['auc'])} | {ms(r['truth']['fpr_at_tpr90'], '{:.3f}')} | "
-                 f"{diff(r, 'truth', 'fpr_at_tpr90', '{:+.3f}')} | {diff(r, 'truth', 'auc', '{:+.4f}')} | "
-                 f"{len(r['seeds'])} |")
+        for r in sorted(here, key=lambda r: (r.get("stand_in", False), r["network"])):
+            L.append(f"| {meth.row} ({r['network']}{' stand-in' if r.get('stand_in') else ''}) | {f(pa)} | {f(pf, '{:.2e}')} | {ms(r['tns']['auc'])} | "
+                     f"{ms(r['tns']['fpr_at_tpr90'], '{:.3f}')} | {diff(r, 'tns', 'fpr_at_tpr90', '{:+.3f}')} | "
+                     f"{ms(r['truth']['auc'])} | {ms(r['truth']['fpr_at_tpr90'], '{:.3f}')} | "
+                     f"{diff(r, 'truth', 'fpr_at_tpr90', '{:+.3f}')} | {diff(r, 'truth', 'auc', '{:+.4f}')} | "
+                     f"{len(r['seeds'])} |")
     L.append("")
     # --- noise table
     order = {"survey": 0, "uniform": 1, "tail": 2}
@@ -208,70 +223,68 @@ def main(argv=None) -> int:
     if noises:
         L += ["## AUC vs label noise (truth labels; TNS in brackets), mean ± s.d. over seeds", "",
               "| method | " + " | ".join(noises) + " |", "|---|" + "---|" * len(noises)]
-        for m in METHODS:
-            if not any(r["method"] == m for r in rows):
-                continue
+        for m, net in variants(rows):
             cells_ = []
             for n in noises:
-                r = next((r for r in rows if r["method"] == m and r["noise"] == n), None)
+                r = find(rows, m, net, n)
                 cells_.append("–" if r is None else f"{ms(r['truth']['auc'], '{:.3f}')} "
                               f"({f(r['tns']['auc'][0], '{:.3f}')}) n={len(r['seeds'])}")
-            L.append(f"| {m} | " + " | ".join(cells_) + " |")
+            L.append(f"| {label(m, net)} | " + " | ".join(cells_) + " |")
         L.append("")
         L += ["## FPR at TPR = 0.9 vs label noise (truth labels; TNS in brackets)", "",
               "| method | " + " | ".join(noises) + " |", "|---|" + "---|" * len(noises)]
-        for m in METHODS:
-            if not any(r["method"] == m for r in rows):
-                continue
+        for m, net in variants(rows):
             cells_ = []
             for n in noises:
-                r = next((r for r in rows if r["method"] == m and r["noise"] == n), None)
+                r = find(rows, m, net, n)
                 cells_.append("–" if r is None else f"{ms(r['truth']['fpr_at_tpr90'], '{:.3f}')} "
                               f"({f(r['tns']['fpr_at_tpr90'][0], '{:.3f}')})")
-            L.append(f"| {m} | " + " | ".join(cells_) + " |")
+            L.append(f"| {label(m, net)} | " + " | ".join(cells_) + " |")
         L.append("")
         L += ["Paired differences against Simple-all at the same noise (truth labels), FPR@TPR=0.9 "
               "[95 % interval]:", "", "| method | " + " | ".join(noises) + " |", "|---|" + "---|" * len(noises)]
-        for m in METHODS:
-            if m == BASELINE or not any(r["method"] == m for r in rows):
+        for m, net in variants(rows):
+            if m == BASELINE:
                 continue
             cells_ = []
             for n in noises:
-                r = next((r for r in rows if r["method"] == m and r["noise"] == n), None)
+                r = find(rows, m, net, n)
                 cells_.append("–" if r is None else diff(r, "truth", "fpr_at_tpr90", "{:+.3f}"))
-            L.append(f"| {m} | " + " | ".join(cells_) + " |")
+            L.append(f"| {label(m, net)} | " + " | ".join(cells_) + " |")
         L.append("")
     for p in pngs:
         L += [f"![{p.stem}](experiments/{p.name})", ""]
     # --- orderings
     L += ["## The paper's orderings, checked on these cells", ""]
 
-    def val(m, n, lab="truth", metric="fpr_at_tpr90"):
-        r = next((r for r in rows if r["method"] == m and r["noise"] == n), None)
+    def val(m, n, lab="truth", metric="fpr_at_tpr90", net="simple"):
+        r = find(rows, m, METHODS[m].network if m == BASELINE else net, n)
         return None if r is None else r[lab][metric][0]
 
     L += ["Seed means; FPR at TPR = 0.9 against truth and TNS, and AUC against truth (the steadier number here: "
           "see the reading). *unlabelled* = Complex-unlabelled-CE+VAT, *removed* = Complex-removed-CE, "
-          "*VAT (all)* = Complex-all-CE+VAT, *CE (all)* = Simple-all-CE (all on the network named above).", ""]
-    for n in noises:
-        bits = []
-        for lab, metric, better, name in (("truth", "fpr_at_tpr90", "lt", "FPR truth"), ("tns", "fpr_at_tpr90", "lt", "FPR TNS"),
-                                          ("truth", "auc", "gt", "AUC truth")):
-            u, rm = val("complex-unlabelled-vat", n, lab, metric), val("complex-removed", n, lab, metric)
-            v, b = val("complex-all-vat", n, lab, metric), val(BASELINE, n, lab, metric)
-            fm = "{:.4f}" if metric == "auc" else "{:.3f}"
-            win = (lambda x, y: x < y) if better == "lt" else (lambda x, y: x > y)
-            part = []
-            if u is not None and rm is not None:
-                part.append(f"unlabelled {f(u, fm)} vs removed {f(rm, fm)} ({'unlabel better' if win(u, rm) else 'unlabel NOT better'})")
-            if v is not None and b is not None:
-                part.append(f"VAT (all) {f(v, fm)} vs CE (all) {f(b, fm)} ({'VAT helps' if win(v, b) else 'VAT does NOT help'})")
-            if metric != "auc" and u and b is not None:
-                part.append(f"CE (all) / unlabelled = {b / u:.2f}x")
-            if part:
-                bits.append(f"{name}: " + ", ".join(part))
-        if bits:
-            L.append(f"- **{n}**: " + "; ".join(bits) + ".")
+          "*VAT (all)* = Complex-all-CE+VAT, *CE (all)* = Simple-all-CE. The three Complex rows are checked "
+          "once on the SE-ResNet (their own network, where run) and once on the Simple stand-in.", ""]
+    for net, family in (("complex", "SE-ResNet"), ("simple", "Simple stand-in")):
+        for n in noises:
+            bits = []
+            for lab, metric, better, name in (("truth", "fpr_at_tpr90", "lt", "FPR truth"),
+                                              ("tns", "fpr_at_tpr90", "lt", "FPR TNS"), ("truth", "auc", "gt", "AUC truth")):
+                u, rm = val("complex-unlabelled-vat", n, lab, metric, net), val("complex-removed", n, lab, metric, net)
+                v, b = val("complex-all-vat", n, lab, metric, net), val(BASELINE, n, lab, metric)
+                fm = "{:.4f}" if metric == "auc" else "{:.3f}"
+                win = (lambda x, y: x < y) if better == "lt" else (lambda x, y: x > y)
+                part = []
+                if u is not None and rm is not None:
+                    part.append(f"unlabelled {f(u, fm)} vs removed {f(rm, fm)} ({'unlabel better' if win(u, rm) else 'unlabel NOT better'})")
+                if v is not None and b is not None:
+                    part.append(f"VAT (all) {f(v, fm)} vs CE (all) {f(b, fm)} ({'VAT helps' if win(v, b) else 'VAT does NOT help'})")
+                if metric != "auc" and u and b is not None:
+                    part.append(f"CE (all) / unlabelled = {b / u:.2f}x")
+                if part:
+                    bits.append(f"{name}: " + ", ".join(part))
+            if bits:
+                L.append(f"- **{n}, {family}**: " + "; ".join(bits) + ".")
     L.append("")
     # --- flagging
     if s["flagging"]:
