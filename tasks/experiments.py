@@ -844,6 +844,10 @@ def _code_version() -> dict:
 # ------------------------------------------------------------------------------ summary
 
 
+ORDERINGS = (("complex-unlabelled-vat", "complex-removed"), ("complex-all-vat", "complex-all"))  # (A, B): A better?
+SAME_TRAINING = {("complex-all", "simple"): "simple-all"}  # (row, network) -> the row that trains the same
+
+
 def record_name(rec: dict) -> str:
     """The file stem of a cell JSON record (``cell_name`` of the context it ran in)."""
     c, m = rec["cell"], rec["method"]
@@ -889,6 +893,18 @@ def summarize(out: str | Path, *, n_boot: int = 1000, baseline: str = BASELINE) 
                   "truth": (np.isin(tl, (0, 1)), tl,
                             held["injection_id"].astype("string").fillna(held["stamp_id"]).astype(str).to_numpy(object)
                             if "injection_id" in held else None)}
+    def paired(seeds_a: dict, seeds_b: dict, lab: str) -> dict | None:
+        """Paired seed-averaged bootstrap difference A - B over the seeds both have."""
+        common = sorted(set(seeds_a) & set(seeds_b))
+        keep, y, obj = label_sets[lab]
+        if not common or not n_boot or not keep.sum() or len(np.unique(y[keep])) != 2:
+            return None
+        d = paired_seed_bootstrap(
+            y[keep].astype(int), [sc(seeds_a[s])[keep] for s in common], [sc(seeds_b[s])[keep] for s in common],
+            groups_object=None if obj is None else obj[keep], groups_image=held["image"].to_numpy(object)[keep],
+            n_boot=n_boot)
+        return {**d, "seeds": common}
+
     rows = []
     own = {m: mm.network for m, mm in METHODS.items()}  # each row's own network
     for (method, noise, network), seeds in sorted(by.items()):
@@ -905,18 +921,20 @@ def summarize(out: str | Path, *, n_boot: int = 1000, baseline: str = BASELINE) 
                                               "auc_ci": (c.get(key) or {}).get("auc_ci"),
                                               "fpr_at_tpr90_ci": (c.get(key) or {}).get("fpr_at_tpr90_ci")}
                                      for s, c in seeds.items()}}
-            base = by.get((baseline, noise, own[baseline]), {})
-            common = sorted(set(seeds) & set(base))
-            if method != baseline and common and n_boot:
-                keep, y, obj = label_sets[lab]
-                if keep.sum() and len(np.unique(y[keep])) == 2:
-                    ya = y[keep].astype(int)
-                    row[lab]["vs_baseline"] = paired_seed_bootstrap(
-                        ya, [sc(seeds[s])[keep] for s in common], [sc(base[s])[keep] for s in common],
-                        groups_object=None if obj is None else obj[keep],
-                        groups_image=held["image"].to_numpy(object)[keep], n_boot=n_boot)
-                    row[lab]["vs_baseline"]["seeds"] = common
+            if method != baseline:
+                vb = paired(seeds, by.get((baseline, noise, own[baseline]), {}), lab)
+                if vb:
+                    row[lab]["vs_baseline"] = vb
         rows.append(row)
+    pairs = []  # the paper's orderings, paired on the same network: unlabel vs remove, VAT vs CE
+    for a, b in ORDERINGS:
+        for (method, noise, network), seeds in sorted(by.items()):
+            bb = SAME_TRAINING.get((b, network), b)  # Complex-all-CE on Simple is Simple-all-CE
+            other = by.get((bb, noise, network), {}) if method == a else {}
+            for lab in ("tns", "truth"):
+                d = paired(seeds, other, lab) if other else None
+                if d:
+                    pairs.append({"a": a, "b": bb, "noise": noise, "network": network, "labels": lab, **d})
     flag: dict[tuple[str, str], list[dict]] = {}  # (noise, flagger) -> one study per seed
     for p in sorted((out / "flagging").glob("*.json")):
         f = json.loads(p.read_text())
@@ -946,7 +964,7 @@ def summarize(out: str | Path, *, n_boot: int = 1000, baseline: str = BASELINE) 
             for t in ("planted", "own", "any", "planted_excl_own"):
                 r[t] = {k: _mean_sd([f["cuts"][i][t][k] for f in fs])[0] for k in ("precision", "recall")}
             cut_rows.append(r)
-    summary = {"rows": rows, "flagging": flag_rows, "flag_cuts": cut_rows, "n_cells": len(cells), "baseline": baseline,
+    summary = {"rows": rows, "pairs": pairs, "flagging": flag_rows, "flag_cuts": cut_rows, "n_cells": len(cells), "baseline": baseline,
                "n_heldout": int(len(held)), "n_real_tns": int((vc == 1).sum()), "n_bogus_tns": int((vc == 0).sum()),
                "n_real_objects_tns": int(held.loc[vc == 1, "tns_name"].nunique()),
                "n_truth_real": int((tl == 1).sum()), "n_truth_bogus": int((tl == 0).sum())}

@@ -195,7 +195,14 @@ def test_cells_run_are_cached_and_summarised(tiny):
     (d / "out" / "cells" / f"{fake['name']}.json").write_text(json.dumps(fake))
     sdir = d / "out" / "scores"
     (sdir / f"{fake['name']}.parquet").write_bytes((sdir / f"{rem['name']}.parquet").read_bytes())
+    vat = {**rem, "cell": {**rem["cell"], "method": "complex-all-vat"}, "method": {**rem["method"], "name": "complex-all-vat"},
+           "name": "complex-all-vat__uniform-0.05__s0__on-simple"}  # scored like rem, to pair against Simple-all
+    (d / "out" / "cells" / f"{vat['name']}.json").write_text(json.dumps(vat))
+    (sdir / f"{vat['name']}.parquet").write_bytes((sdir / f"{rem['name']}.parquet").read_bytes())
     s = X.summarize(ctx.out, n_boot=50)
+    pair = {(p["a"], p["b"], p["network"], p["labels"]) for p in s["pairs"]}
+    assert ("complex-all-vat", "simple-all", "simple", "truth") in pair  # Complex-all-CE on Simple is Simple-all
+    assert not any(p["network"] == "complex" for p in s["pairs"])  # no SE-ResNet partner for either ordering
     rows = {(r["method"], r["network"]): r for r in s["rows"]}
     assert rows["complex-removed", "simple"]["stand_in"] and not rows["complex-removed", "complex"]["stand_in"]
     assert not rows["simple-all", "simple"]["stand_in"] and "vs_baseline" in rows["complex-removed", "complex"]["tns"]
@@ -211,6 +218,7 @@ def test_cells_run_are_cached_and_summarised(tiny):
     assert sum(ln.startswith("| complex-removed (on simple) |") for ln in lines) == 3  # AUC, FPR, paired
     assert sum(ln.startswith("| complex-removed |") for ln in lines) == 3
     (d / "out" / "cells" / f"{fake['name']}.json").unlink()
+    (d / "out" / "cells" / f"{vat['name']}.json").unlink()
     row = next(r for r in s["rows"] if r["method"] == "rf-sep")
     assert row["tns"]["vs_baseline"]["auc"]["diff_ci"][0] is not None
     assert {r["noise"] for r in s["flagging"]} == {"uniform-0.05"}

@@ -12,6 +12,7 @@ study and the orderings. The hand-written reading is OUT/reading.md, included as
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 import json
 import sys
 from pathlib import Path
@@ -37,9 +38,11 @@ def ms(pair, fmt="{:.4f}"):
 
 def diff(row, lab, metric, fmt="{:+.4f}"):
     vb = (row.get(lab) or {}).get("vs_baseline")
-    if not vb:
-        return "–"
-    d = vb[metric]
+    return _d(vb, metric, fmt) if vb else "–"
+
+
+def _d(pair: dict, metric: str, fmt: str) -> str:
+    d = pair[metric]
     lo, hi = d["diff_ci"]
     return f"{f(d['diff'], fmt)} [{f(lo, fmt)}, {f(hi, fmt)}]"
 
@@ -179,6 +182,11 @@ def main(argv=None) -> int:
               f"{', '.join('`' + d + '`' for d in c0['heldout_dirs'])}: {s['n_heldout']} detections; against TNS "
               f"{s['n_real_tns']} reals ({s['n_real_objects_tns']} objects) and {s['n_bogus_tns']} bogus; against "
               f"truth {s['n_truth_real']} astrophysical and {s['n_truth_bogus']} artifacts.",
+              "- Inputs (content hashes of the training / held-out nights, first 8 hex digits; part of every cell's "
+              "key): " + "; ".join(
+                  f"{'+'.join(h[:8] for h in k[0])} / {'+'.join(h[:8] for h in k[1])}: {n} cells" for k, n in sorted(
+                      Counter((tuple(c["inputs"]["train"]), tuple(c["inputs"]["heldout"])) for c in cells).items(),
+                      key=lambda kv: -kv[1])) + ".",
               f"- Networks: {sorted({c['network'] for c in cells})} (stage 1: "
               f"{sorted({c['stage1_network'] for c in cells if c['stage1_network']})}, "
               f"{sorted({c['folds'] for c in cells if c['folds']})} folds). Rows named *Complex* ran on the network "
@@ -263,15 +271,17 @@ def main(argv=None) -> int:
 
     L += ["Seed means; FPR at TPR = 0.9 against truth and TNS, and AUC against truth (the steadier number here: "
           "see the reading). *unlabelled* = Complex-unlabelled-CE+VAT, *removed* = Complex-removed-CE, "
-          "*VAT (all)* = Complex-all-CE+VAT, *CE (all)* = Simple-all-CE. The three Complex rows are checked "
-          "once on the SE-ResNet (their own network, where run) and once on the Simple stand-in.", ""]
+          "*VAT (all)* = Complex-all-CE+VAT, *CE (all)* = Complex-all-CE. They are checked once on the SE-ResNet "
+          "(each row's own network, where run) and once on the Simple stand-in, where *CE (all)* is Simple-all-CE "
+          "(the same training as Complex-all-CE on Simple).", ""]
     for net, family in (("complex", "SE-ResNet"), ("simple", "Simple stand-in")):
         for n in noises:
             bits = []
             for lab, metric, better, name in (("truth", "fpr_at_tpr90", "lt", "FPR truth"),
                                               ("tns", "fpr_at_tpr90", "lt", "FPR TNS"), ("truth", "auc", "gt", "AUC truth")):
                 u, rm = val("complex-unlabelled-vat", n, lab, metric, net), val("complex-removed", n, lab, metric, net)
-                v, b = val("complex-all-vat", n, lab, metric, net), val(BASELINE, n, lab, metric)
+                v = val("complex-all-vat", n, lab, metric, net)
+                b = val("complex-all", n, lab, metric, "complex") if net == "complex" else val(BASELINE, n, lab, metric)
                 fm = "{:.4f}" if metric == "auc" else "{:.3f}"
                 win = (lambda x, y: x < y) if better == "lt" else (lambda x, y: x > y)
                 part = []
@@ -286,6 +296,15 @@ def main(argv=None) -> int:
             if bits:
                 L.append(f"- **{n}, {family}**: " + "; ".join(bits) + ".")
     L.append("")
+    if s.get("pairs"):
+        L += ["The same two orderings as paired differences A - B on the same network (seed-averaged, 95 % cluster "
+              "bootstrap over the held-out detections; negative ΔFPR and positive ΔAUC favour A):", "",
+              "| A | B | noise | network | labels | ΔFPR@TPR=0.9 | ΔAUC | seeds |", "|---|---|---|---|---|---|---|---|"]
+        for p in sorted(s["pairs"], key=lambda p: (p["a"], p["network"] != "complex", noises.index(p["noise"])
+                                                   if p["noise"] in noises else 99, p["labels"] != "truth")):
+            L.append(f"| {p['a']} | {p['b']} | {p['noise']} | {p['network']} | {p['labels']} | "
+                     f"{_d(p, 'fpr_at_tpr90', '{:+.3f}')} | {_d(p, 'auc', '{:+.4f}')} | {len(p['seeds'])} |")
+        L.append("")
     # --- flagging
     if s["flagging"]:
         L += ["## Flagging study (stage 1, p = 0.5 rule)", "",
