@@ -668,9 +668,11 @@ def cell_name(cell: Cell, ctx: ExperimentContext) -> str:
     """The file stem of a cell's JSON, scores and model: ``METHOD__NOISE__sSEED`` when the cell runs on
     its row's own network, with ``__on-NET`` added when another network stands in (``--network simple``
     for a *Complex* row), so that the stand-in's cells and the row's own sit side by side."""
-    m = METHODS[cell.method]
-    net = ctx.network_for(m)
-    return cell.name if m.kind == "rf" or net == m.network else f"{cell.name}__on-{net}"
+    return _stem(cell.name, METHODS[cell.method].network, ctx.network_for(METHODS[cell.method]))
+
+
+def _stem(base: str, own_network: str, network: str) -> str:
+    return base if network == own_network else f"{base}__on-{network}"  # rf rows: network "rf" both
 
 
 def cell_path(cell: Cell, ctx: ExperimentContext) -> Path:
@@ -850,10 +852,9 @@ SAME_TRAINING = {("complex-all", "simple"): "simple-all"}  # (row, network) -> t
 
 def record_name(rec: dict) -> str:
     """The file stem of a cell JSON record (``cell_name`` of the context it ran in)."""
-    c, m = rec["cell"], rec["method"]
-    base = Cell(c["method"], c["noise"], c["seed"]).name
-    return rec.get("name") or (base if m["kind"] == "rf" or rec["network"] == m["network"] else
-                               f"{base}__on-{rec['network']}")
+    c = rec["cell"]
+    return rec.get("name") or _stem(Cell(c["method"], c["noise"], c["seed"]).name, rec["method"]["network"],
+                                    rec["network"])
 
 
 def load_cells(out: str | Path) -> list[dict]:
@@ -893,6 +894,7 @@ def summarize(out: str | Path, *, n_boot: int = 1000, baseline: str = BASELINE) 
                   "truth": (np.isin(tl, (0, 1)), tl,
                             held["injection_id"].astype("string").fillna(held["stamp_id"]).astype(str).to_numpy(object)
                             if "injection_id" in held else None)}
+
     def paired(seeds_a: dict, seeds_b: dict, lab: str) -> dict | None:
         """Paired seed-averaged bootstrap difference A - B over the seeds both have."""
         common = sorted(set(seeds_a) & set(seeds_b))
