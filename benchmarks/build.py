@@ -224,15 +224,20 @@ def _plain_build(manifest, out, night, workers, max_sensors, executor, opts, cfg
     return summary
 
 
-def interleaved_shares(runs: list[dict]) -> list[float]:
-    """1 - plain / flow for each flow run of an interleaved sequence (plain, flow, plain, ...,
-    plain), its plain baseline the mean of the two plain runs beside it."""
+def beside(runs: list[dict], key: str) -> list[tuple[float, float]]:
+    """(flow value, mean of the two plain values beside it) of ``key`` for each flow run of an
+    interleaved sequence (plain, flow, plain, ..., plain)."""
     modes = [r["mode"] for r in runs]
     if len(runs) < 3 or len(runs) % 2 == 0 or modes[::2] != ["plain"] * (len(runs) // 2 + 1) \
             or modes[1::2] != ["flow"] * (len(runs) // 2):
         raise ValueError(f"runs must alternate plain, flow, ..., plain; got {modes}")
-    return [1 - (runs[i - 1]["wall_s"] + runs[i + 1]["wall_s"]) / 2 / runs[i]["wall_s"]
-            for i in range(1, len(runs), 2)]
+    return [(runs[i][key], (runs[i - 1][key] + runs[i + 1][key]) / 2) for i in range(1, len(runs), 2)]
+
+
+def interleaved_shares(runs: list[dict]) -> list[float]:
+    """1 - plain / flow for each flow run of an interleaved sequence (plain, flow, plain, ...,
+    plain), its plain baseline the mean of the two plain runs beside it."""
+    return [1 - plain / flow for flow, plain in beside(runs, "wall_s")]
 
 
 def night_config(preset: str, n_images: int):
@@ -317,8 +322,7 @@ def overhead(n_images: int, workers: int, seed: int = 0, preset: str = "ci", ser
     flows = [r for r in runs if r["mode"] == "flow"]
     plain = float(np.mean([r["wall_s"] for r in plains]))
     flow = float(np.mean([r["wall_s"] for r in flows]))
-    cpu = [runs[i]["cpu_total_s"] - (runs[i - 1]["cpu_total_s"] + runs[i + 1]["cpu_total_s"]) / 2
-           for i in range(1, len(runs), 2)]
+    cpu = [flow - plain for flow, plain in beside(runs, "cpu_total_s")]
     res.update(n_images=flows[0]["n_images"], runs=runs, repeats=repeats, plain_wall_s=round(plain, 1),
                flow_wall_s=round(flow, 1), prefect_dask_share=round(float(np.mean(shares)), 4),
                prefect_dask_shares=[round(x, 4) for x in shares],

@@ -22,7 +22,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from flows.options import ClusterMixin, FlowOptions, _check_night
+from flows.options import BuildInputsMixin, ClusterMixin, FlowOptions, _check_night
 from flows.settings import DEFAULTS, PrefectUnavailable, check_server, data_home
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -33,7 +33,7 @@ HOST = "127.0.0.1"
 
 
 # ------------------------------------------------------------------------------ deployment flows' options
-class NightlyBuildOptions(FlowOptions, ClusterMixin):
+class NightlyBuildOptions(FlowOptions, ClusterMixin, BuildInputsMixin):
     """The nightly build: one dataset directory per night, ROOT/<night>/."""
 
     root: Path = Field(..., description="Root of the nightly datasets: night N is built into ROOT/N/.")
@@ -45,20 +45,8 @@ class NightlyBuildOptions(FlowOptions, ClusterMixin):
                               "start (UTC) plus night_offset_days (a hand-started run: today).")
     night_offset_days: int = Field(0, ge=-7, le=7, description="Days added to the run's date to get the default night "
                                    "(-1 when the schedule fires the morning after the night).")
-    inject: bool = Field(True, description="Inject artificial sources (false: a validation night labelled from TNS).")
-    seed: int = Field(0, ge=0, description="Seed of the injections (and of the simulation with preset).")
-    tns: Path | None = Field(None, description="TNS list for non-injected labels; default tns.csv beside the manifest.")
-    config: Path | None = Field(None, description="YAML file overriding per-sensor settings (tasks.sensor.SensorConfig).")
-    max_sensors: int | None = Field(None, ge=1, description="Build only the first N sensor images (quick runs).")
-    force: bool = Field(False, description="Redo every sensor even when its part is complete (a clean rebuild).")
 
     _night = field_validator("night")(_check_night)
-
-    @model_validator(mode="after")
-    def _one_source(self):
-        if (self.preset is None) == (self.manifest is None):
-            raise ValueError("give exactly one of preset or manifest")
-        return self
 
 
 class RetrainOptions(FlowOptions, ClusterMixin):

@@ -49,26 +49,32 @@ class SimulateOptions(FlowOptions, ClusterMixin):
     _night = field_validator("night")(_check_night)
 
 
-class BuildOptions(FlowOptions, ClusterMixin):
-    preset: str | None = Field(None, description="Simulate this survey preset into OUT/survey/ first, then build from it.")
-    manifest: Path | None = Field(None, description="Survey manifest.csv (real or simulated) to build from.")
-    night: str | None = Field(None, description="Night to build (YYYY-MM-DD); default: the preset's night, or every row of the manifest.")
-    inject: bool = Field(True, description="Inject artificial sources (--no-inject: labels from the TNS list, for validation nights).")
-    out: Path = Field(..., description="Dataset directory to write.")
-    seed: int = Field(0, ge=0, description="Seed of the injections (and of the simulation with --preset).")
-    tns: Path | None = Field(None, description="TNS list for --no-inject labels; default tns.csv beside the manifest.")
+class BuildInputsMixin(BaseModel):
+    """What a build takes besides its source and night: shared by the build and the nightly build."""
+
+    inject: bool = Field(True, description="Inject artificial sources (--no-inject: labels from the TNS list, for "
+                         "validation nights).")
+    seed: int = Field(0, ge=0, description="Seed of the injections (and of the simulation with a preset).")
+    tns: Path | None = Field(None, description="TNS list for non-injected labels; default tns.csv beside the manifest.")
     config: Path | None = Field(None, description="YAML file overriding per-sensor settings (tasks.sensor.SensorConfig).")
     max_sensors: int | None = Field(None, ge=1, description="Build only the first N sensor images (quick runs).")
     force: bool = Field(False, description="Redo every sensor even when its part is complete (a clean rebuild).")
-    allow_outside_paths: bool = Field(False, description="Let manifest rows name files outside the manifest's directory (absolute or ../ paths); off: such rows are refused.")
-
-    _night = field_validator("night")(_check_night)
 
     @model_validator(mode="after")
     def _one_source(self):
-        if (self.preset is None) == (self.manifest is None):
+        if (getattr(self, "preset", None) is None) == (getattr(self, "manifest", None) is None):
             raise ValueError("give exactly one of preset or manifest")
         return self
+
+
+class BuildOptions(FlowOptions, ClusterMixin, BuildInputsMixin):
+    preset: str | None = Field(None, description="Simulate this survey preset into OUT/survey/ first, then build from it.")
+    manifest: Path | None = Field(None, description="Survey manifest.csv (real or simulated) to build from.")
+    night: str | None = Field(None, description="Night to build (YYYY-MM-DD); default: the preset's night, or every row of the manifest.")
+    out: Path = Field(..., description="Dataset directory to write.")
+    allow_outside_paths: bool = Field(False, description="Let manifest rows name files outside the manifest's directory (absolute or ../ paths); off: such rows are refused.")
+
+    _night = field_validator("night")(_check_night)
 
 
 class TrainingMixin(BaseModel):

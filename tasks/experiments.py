@@ -846,8 +846,21 @@ def _code_version() -> dict:
 # ------------------------------------------------------------------------------ summary
 
 
-ORDERINGS = (("complex-unlabelled-vat", "complex-removed"), ("complex-all-vat", "complex-all"))  # (A, B): A better?
-SAME_TRAINING = {("complex-all", "simple"): "simple-all"}  # (row, network) -> the row that trains the same
+# the paper's orderings as (A, B): is A better than B on the same network? unlabel > remove, VAT helps
+ORDERINGS = (("complex-unlabelled-vat", "complex-removed"), ("complex-all-vat", "complex-all"),
+             ("complex-unlabelled-ech-vat", "complex-removed-ech"), ("complex-all-ech-vat", "complex-all-ech"))
+
+
+def same_training(method: str, network: str) -> str:
+    """The row whose cells train exactly what ``method`` trains on ``network``: a Complex row run
+    on the Simple stand-in is the Simple row with the same data and loss weights, if there is one
+    (Complex-all-CE on Simple is Simple-all-CE); otherwise ``method`` itself."""
+    m = METHODS.get(method)
+    if m is None or m.network == network:
+        return method
+    same = [o.name for o in METHODS.values() if o.network == network and
+            (o.data, o.l_ce, o.l_ech, o.l_lds, o.kind) == (m.data, m.l_ce, m.l_ech, m.l_lds, m.kind)]
+    return same[0] if same else method
 
 
 def record_name(rec: dict) -> str:
@@ -931,8 +944,10 @@ def summarize(out: str | Path, *, n_boot: int = 1000, baseline: str = BASELINE) 
     pairs = []  # the paper's orderings, paired on the same network: unlabel vs remove, VAT vs CE
     for a, b in ORDERINGS:
         for (method, noise, network), seeds in sorted(by.items()):
-            bb = SAME_TRAINING.get((b, network), b)  # Complex-all-CE on Simple is Simple-all-CE
-            other = by.get((bb, noise, network), {}) if method == a else {}
+            if method != a:
+                continue
+            bb = same_training(b, network)
+            other = by.get((bb, noise, network), {})
             for lab in ("tns", "truth"):
                 d = paired(seeds, other, lab) if other else None
                 if d:
@@ -978,5 +993,5 @@ __all__ = ["METHODS", "NOISES", "GRIDS", "BASELINE", "Method", "Noise", "Cell", 
            "tail_weights", "derive_dataset", "noisy_training_sets", "flagging_study", "flag_cut_sweep",
            "error_targets", "rf_oof", "paired_seed_bootstrap",
            "ExperimentContext", "prepare_context", "heldout_table", "run_stage1", "run_cell", "cell_key", "cell_name",
-           "record_name", "summarize",
+           "record_name", "same_training", "ORDERINGS", "summarize",
            "load_cells"]

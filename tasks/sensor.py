@@ -111,6 +111,23 @@ def _truth_for(truth: dict | None, exposure: str) -> dict | None:
     return out
 
 
+def _label_detections(det: pd.DataFrame, *, new_wcs: WCS, plan: pd.DataFrame | None, tns, truth: dict | None,
+                      config) -> pd.DataFrame:
+    """Sky positions of the detections, their injection match (``plan``, an injected night) or
+    TNS label (``tns``, a night without injections) and their truth class: the same for both
+    sensor pipelines."""
+    radius = config.detect.match_radius_px
+    if len(det):
+        ra, dec = new_wcs.all_pix2world(det["x"].to_numpy(float), det["y"].to_numpy(float), 0)
+    else:
+        ra = dec = np.zeros(0)
+    det["ra"], det["dec"] = ra, dec
+    det = match_injections(det, plan, radius)
+    if plan is None:
+        det = label_from_tns(det, ra, dec, tns, config.tns_radius_arcsec)
+    return assign_truth(det, injections=plan, truth=truth, radius_px=radius)
+
+
 def process_sensor(new: np.ndarray, ref: np.ndarray, *, new_header, ref_header,
                    new_meta: ImageMeta, ref_meta: ImageMeta, new_mask: np.ndarray | None = None,
                    ref_mask: np.ndarray | None = None, catalog: pd.DataFrame | None = None,
@@ -179,17 +196,8 @@ def process_sensor(new: np.ndarray, ref: np.ndarray, *, new_header, ref_header,
     t = time.perf_counter()
     det = detect(sub.diff, sub.noise, mask=sub.mask, config=config.detect, psf=psf,
                  gain=new_meta.gain)
-    radius = config.detect.match_radius_px
-    if len(det):
-        ra, dec = new_wcs.all_pix2world(det["x"].to_numpy(float), det["y"].to_numpy(float), 0)
-    else:
-        ra = dec = np.zeros(0)
-    det["ra"], det["dec"] = ra, dec
-    det = match_injections(det, plan if inject else None, radius)
-    if not inject:
-        det = label_from_tns(det, ra, dec, tns, config.tns_radius_arcsec)
-    det = assign_truth(det, injections=plan if inject else None,
-                       truth=_truth_for(truth, new_meta.exposure), radius_px=radius)
+    det = _label_detections(det, new_wcs=new_wcs, plan=plan if inject else None, tns=None if inject else tns,
+                            truth=_truth_for(truth, new_meta.exposure), config=config)
     timings["detect"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -420,17 +428,8 @@ def process_given_diff(new: np.ndarray, diff: np.ndarray, *, new_header, new_met
     diff_out = np.where(bad_diff, 0.0, diff_inj).astype(np.float32)
     noise = np.where(bad_diff, 0.0, noise).astype(np.float32)
     det = detect(diff_out, noise, mask=bad_diff, config=config.detect, psf=psf, gain=new_meta.gain)
-    radius = config.detect.match_radius_px
-    if len(det):
-        ra, dec = new_wcs.all_pix2world(det["x"].to_numpy(float), det["y"].to_numpy(float), 0)
-    else:
-        ra = dec = np.zeros(0)
-    det["ra"], det["dec"] = ra, dec
-    det = match_injections(det, plan if inject else None, radius)
-    if not inject:
-        det = label_from_tns(det, ra, dec, tns, config.tns_radius_arcsec)
-    det = assign_truth(det, injections=plan if inject else None,
-                       truth=_truth_for(truth, new_meta.exposure), radius_px=radius)
+    det = _label_detections(det, new_wcs=new_wcs, plan=plan if inject else None, tns=None if inject else tns,
+                            truth=_truth_for(truth, new_meta.exposure), config=config)
     timings["detect"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -130,6 +130,9 @@ def test_the_benchmark_sets_each_flow_run_against_the_plain_runs_beside_it():
     assert bench.interleaved_shares(runs)[1] == pytest.approx(1 - 125 / 131.25)
     with pytest.raises(ValueError, match="alternate plain, flow"):
         bench.interleaved_shares(runs[:4])
+    for r, c in zip(runs, (10.0, 15.0, 12.0, 20.0, 14.0)):  # the CPU seconds use the same neighbours
+        r["cpu_total_s"] = c
+    assert bench.beside(runs, "cpu_total_s") == [(15.0, 11.0), (20.0, 13.0)]
 
 
 def test_the_flow_validates_sensor_settings_without_importing_the_image_libraries(tmp_path):

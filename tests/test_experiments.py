@@ -224,3 +224,11 @@ def test_cells_run_are_cached_and_summarised(tiny):
     assert {r["noise"] for r in s["flagging"]} == {"uniform-0.05"}
     assert {r["flagger"] for r in s["flagging"]} == {"cnn", "cnn+rf"}
     assert {(r["flagger"], r["cut"]) for r in s["flag_cuts"]} >= {("cnn", 0.5), ("cnn+rf", 0.9)}
+
+
+def test_same_training_finds_the_simple_row_a_stand_in_trains():
+    assert X.same_training("complex-all", "simple") == "simple-all"  # same data, same losses
+    assert X.same_training("complex-all", "complex") == "complex-all"  # on its own network
+    assert X.same_training("complex-all-vat", "simple") == "complex-all-vat"  # no Simple row with VAT
+    assert X.same_training("complex-removed-ech", "simple") == "complex-removed-ech"
+    assert all(a in X.METHODS and b in X.METHODS for a, b in X.ORDERINGS)

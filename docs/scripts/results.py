@@ -22,7 +22,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tasks.experiments import BASELINE, METHODS, Noise, summarize  # noqa: E402
+from tasks.experiments import BASELINE, METHODS, Noise, same_training, summarize  # noqa: E402
 
 
 def f(v, fmt="{:.4f}"):
@@ -271,33 +271,39 @@ def main(argv=None) -> int:
 
     L += ["Seed means; FPR at TPR = 0.9 against truth and TNS, and AUC against truth (the steadier number here: "
           "see the reading). *unlabelled* = Complex-unlabelled-CE+VAT, *removed* = Complex-removed-CE, "
-          "*VAT (all)* = Complex-all-CE+VAT, *CE (all)* = Complex-all-CE. They are checked once on the SE-ResNet "
-          "(each row's own network, where run) and once on the Simple stand-in, where *CE (all)* is Simple-all-CE "
-          "(the same training as Complex-all-CE on Simple).", ""]
+          "*VAT (all)* = Complex-all-CE+VAT, *CE (all)* = Complex-all-CE; the same with +ECH in every loss where "
+          "the ECH rows ran. They are checked once on the SE-ResNet (each row's own network, where run) and once "
+          "on the Simple stand-in, where *CE (all)* is Simple-all-CE (the same training as Complex-all-CE on "
+          "Simple).", ""]
     for net, family in (("complex", "SE-ResNet"), ("simple", "Simple stand-in")):
         for n in noises:
-            bits = []
-            for lab, metric, better, name in (("truth", "fpr_at_tpr90", "lt", "FPR truth"),
-                                              ("tns", "fpr_at_tpr90", "lt", "FPR TNS"), ("truth", "auc", "gt", "AUC truth")):
-                u, rm = val("complex-unlabelled-vat", n, lab, metric, net), val("complex-removed", n, lab, metric, net)
-                v = val("complex-all-vat", n, lab, metric, net)
-                b = val("complex-all", n, lab, metric, "complex") if net == "complex" else val(BASELINE, n, lab, metric)
-                fm = "{:.4f}" if metric == "auc" else "{:.3f}"
-                win = (lambda x, y: x < y) if better == "lt" else (lambda x, y: x > y)
-                part = []
-                if u is not None and rm is not None:
-                    part.append(f"unlabelled {f(u, fm)} vs removed {f(rm, fm)} ({'unlabel better' if win(u, rm) else 'unlabel NOT better'})")
-                if v is not None and b is not None:
-                    part.append(f"VAT (all) {f(v, fm)} vs CE (all) {f(b, fm)} ({'VAT helps' if win(v, b) else 'VAT does NOT help'})")
-                if metric != "auc" and u and b is not None:
-                    part.append(f"CE (all) / unlabelled = {b / u:.2f}x")
-                if part:
-                    bits.append(f"{name}: " + ", ".join(part))
-            if bits:
-                L.append(f"- **{n}, {family}**: " + "; ".join(bits) + ".")
+            for ech in ("", "-ech"):
+                bits = []
+                for lab, metric, better, name in (("truth", "fpr_at_tpr90", "lt", "FPR truth"),
+                                                  ("tns", "fpr_at_tpr90", "lt", "FPR TNS"),
+                                                  ("truth", "auc", "gt", "AUC truth")):
+                    u = val(f"complex-unlabelled{ech}-vat", n, lab, metric, net)
+                    rm = val(f"complex-removed{ech}", n, lab, metric, net)
+                    v = val(f"complex-all{ech}-vat", n, lab, metric, net)
+                    b = val(same_training(f"complex-all{ech}", net), n, lab, metric, net)
+                    fm = "{:.4f}" if metric == "auc" else "{:.3f}"
+                    win = (lambda x, y: x < y) if better == "lt" else (lambda x, y: x > y)
+                    part = []
+                    if u is not None and rm is not None:
+                        part.append(f"unlabelled {f(u, fm)} vs removed {f(rm, fm)} "
+                                    f"({'unlabel better' if win(u, rm) else 'unlabel NOT better'})")
+                    if v is not None and b is not None:
+                        part.append(f"VAT (all) {f(v, fm)} vs CE (all) {f(b, fm)} "
+                                    f"({'VAT helps' if win(v, b) else 'VAT does NOT help'})")
+                    if metric != "auc" and u and b is not None:
+                        part.append(f"CE (all) / unlabelled = {b / u:.2f}x")
+                    if part:
+                        bits.append(f"{name}: " + ", ".join(part))
+                if bits:
+                    L.append(f"- **{n}, {family}{', every loss +ECH' if ech else ''}**: " + "; ".join(bits) + ".")
     L.append("")
     if s.get("pairs"):
-        L += ["The same two orderings as paired differences A - B on the same network (seed-averaged, 95 % cluster "
+        L += ["The same orderings as paired differences A - B on the same network (seed-averaged, 95 % cluster "
               "bootstrap over the held-out detections; negative ΔFPR and positive ΔAUC favour A):", "",
               "| A | B | noise | network | labels | ΔFPR@TPR=0.9 | ΔAUC | seeds |", "|---|---|---|---|---|---|---|---|"]
         for p in sorted(s["pairs"], key=lambda p: (p["a"], p["network"] != "complex", noises.index(p["noise"])
