@@ -580,18 +580,20 @@ def run_stage1(ctx: ExperimentContext, noise: Noise, seed: int) -> dict:
                             rf_trees=ctx.rf_trees, noise=noise.name, seed=seed,
                             stage1_network=ctx.stage1_network, folds=ctx.folds, epochs=ctx.epochs)
         return rec
+    _set_threads(ctx)  # also when called first, for the tails' reference scores
     t0 = time.perf_counter()
     dirs = training_sets(ctx, noise, seed)
     stages.plan_folds(dirs, str(out), ctx.folds, seed)
     opts = ctx.train_options(seed, ctx.stage1_network)
     recs = [stages.run_fold(dirs, str(out), k, opts) for k in range(ctx.folds)]
     summ = stages.flag_and_write(dirs, str(out), ctx.folds, "p05", [r.model_id for r in recs], gallery=0)
-    _write_flagging(fpath, dirs, out, {"seconds": time.perf_counter() - t0}, rf_trees=ctx.rf_trees,
+    _write_flagging(fpath, dirs, out, {"seconds": time.perf_counter() - t0, "environment": environment()},
+                    rf_trees=ctx.rf_trees,
                     noise=noise.name, seed=seed, stage1_network=ctx.stage1_network, folds=ctx.folds,
                     epochs=ctx.epochs)
     rec = {"dir": str(out), "unlabel": summ.unlabel, "datasets": dirs, "n": summ.n, "n_flagged": summ.n_flagged,
            "flagged_by_label": summ.flagged_by_label, "seconds": time.perf_counter() - t0,
-           "folds": [asdict(r) for r in recs]}
+           "folds": [asdict(r) for r in recs], "environment": environment()}
     _write_json(done, rec)
     return rec
 
@@ -788,11 +790,9 @@ def run_cell(cell: Cell, ctx: ExperimentContext, held: pd.DataFrame | None = Non
     hit = cached_cell(cell, ctx)
     if hit is not None:
         return {**hit, "cached": True}
-    import torch
     from tasks.validation import ValidationOptions, validate
     from storage.tns import read_tns
-    if ctx.threads:
-        torch.set_num_threads(ctx.threads)
+    _set_threads(ctx)
     t0 = time.perf_counter()
     m = METHODS[cell.method]
     noise = Noise.parse(cell.noise)
@@ -823,9 +823,36 @@ def run_cell(cell: Cell, ctx: ExperimentContext, held: pd.DataFrame | None = Non
            "threshold": res.operating_point.threshold, "counts": res.counts,
            "seconds": {"total": time.perf_counter() - t0, "train_and_score": t_train,
                        "stage1": None if s1 is None else s1.get("seconds")},
-           "code": _code_version(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+           "code": _code_version(), "environment": environment(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     _write_json(cell_path(cell, ctx), rec)
     return {**rec, "cached": False}
+
+
+def _set_threads(ctx: ExperimentContext) -> None:
+    """torch's CPU threads to ``ctx.threads`` (left as is when None). Training is bitwise
+    reproducible only at the same thread count: stage 1 (survey, s0, 5 folds) flags 364
+    stamps at 1 thread and 376 at 2 on the same nights, so every training sets it first."""
+    if ctx.threads:
+        import torch
+        torch.set_num_threads(ctx.threads)
+
+
+def environment() -> dict:
+    """What a trained number depends on besides its key: torch threads, the CPU kernels
+    torch picked and the library versions. Recorded in every cell and stage-1 record, not
+    keyed (a different thread count gives a float-different but equally valid model)."""
+    import platform
+    import sklearn
+    import torch
+    cpu = platform.processor()
+    try:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "sklearn": sklearn.__version__}
 
 
 def _code_version() -> dict:
@@ -993,5 +1020,5 @@ __all__ = ["METHODS", "NOISES", "GRIDS", "BASELINE", "Method", "Noise", "Cell", 
            "tail_weights", "derive_dataset", "noisy_training_sets", "flagging_study", "flag_cut_sweep",
            "error_targets", "rf_oof", "paired_seed_bootstrap",
            "ExperimentContext", "prepare_context", "heldout_table", "run_stage1", "run_cell", "cell_key", "cell_name",
-           "record_name", "same_training", "ORDERINGS", "summarize",
+           "record_name", "same_training", "environment", "ORDERINGS", "summarize",
            "load_cells"]

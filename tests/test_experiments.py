@@ -169,6 +169,8 @@ def test_cells_run_are_cached_and_summarised(tiny):
     base = X.run_cell(X.Cell("simple-all", "uniform-0.05", 0), ctx)
     rem = X.run_cell(X.Cell("complex-removed", "uniform-0.05", 0), ctx)  # stage 1 (2 folds) + removed
     assert rem["stage1"]["n"] == 500 and rem["network"] == "simple"
+    env = rem["environment"]  # what a model's bits depend on besides its key: recorded, not keyed
+    assert env["torch_threads"] == ctx.threads and env["torch"].startswith("2.13") and env["cores"] >= 1
     # a stand-in's files carry its network; the row's own network would write beside them, not over them
     assert X.cell_path(X.Cell("complex-removed", "uniform-0.05", 0), ctx).name == \
         "complex-removed__uniform-0.05__s0__on-simple.json" and rem["name"].endswith("__on-simple")
@@ -179,6 +181,7 @@ def test_cells_run_are_cached_and_summarised(tiny):
     assert (d / "out" / "scores" / "complex-removed__uniform-0.05__s0__on-simple.parquet").exists()
     study = json.loads((d / "out" / "flagging" / "uniform-0.05-s0.json").read_text())
     assert study["n_planted"] == 25 and study["bins"][0]["bin"] == "all"
+    assert study["environment"]["torch_threads"] == ctx.threads
     assert [c["cut"] for c in study["cuts"]] == list(X.FLAG_CUTS)
     alt = study["alternatives"]["cnn+rf"]  # the CNN + feature-baseline flagger on the same folds
     assert alt["bins"][0]["n"] == 500 and alt["bins"][0]["planted"]["n_target"] == 25
