@@ -46,8 +46,6 @@ class NightlyBuildOptions(FlowOptions, ClusterMixin, BuildInputsMixin):
     night_offset_days: int = Field(0, ge=-7, le=7, description="Days added to the run's date to get the default night "
                                    "(-1 when the schedule fires the morning after the night).")
 
-    _night = field_validator("night")(_check_night)
-
 
 class RetrainOptions(FlowOptions, ClusterMixin):
     """The retraining: stage 1 + flagging + stage 2 over a window of nights, then validation."""

@@ -50,8 +50,12 @@ class SimulateOptions(FlowOptions, ClusterMixin):
 
 
 class BuildInputsMixin(BaseModel):
-    """What a build takes besides its source and night: shared by the build and the nightly build."""
+    """What a build takes: shared by the build and the nightly build, which word the source
+    and night fields for their own layout."""
 
+    preset: str | None = Field(None, description="Simulate this survey preset first, then build from it.")
+    manifest: Path | None = Field(None, description="Survey manifest.csv (real or simulated) to build from.")
+    night: str | None = Field(None, description="Night to build (YYYY-MM-DD).")
     inject: bool = Field(True, description="Inject artificial sources (--no-inject: labels from the TNS list, for "
                          "validation nights).")
     seed: int = Field(0, ge=0, description="Seed of the injections (and of the simulation with a preset).")
@@ -60,9 +64,11 @@ class BuildInputsMixin(BaseModel):
     max_sensors: int | None = Field(None, ge=1, description="Build only the first N sensor images (quick runs).")
     force: bool = Field(False, description="Redo every sensor even when its part is complete (a clean rebuild).")
 
+    _night = field_validator("night")(_check_night)
+
     @model_validator(mode="after")
     def _one_source(self):
-        if (getattr(self, "preset", None) is None) == (getattr(self, "manifest", None) is None):
+        if (self.preset is None) == (self.manifest is None):
             raise ValueError("give exactly one of preset or manifest")
         return self
 
@@ -73,8 +79,6 @@ class BuildOptions(FlowOptions, ClusterMixin, BuildInputsMixin):
     night: str | None = Field(None, description="Night to build (YYYY-MM-DD); default: the preset's night, or every row of the manifest.")
     out: Path = Field(..., description="Dataset directory to write.")
     allow_outside_paths: bool = Field(False, description="Let manifest rows name files outside the manifest's directory (absolute or ../ paths); off: such rows are refused.")
-
-    _night = field_validator("night")(_check_night)
 
 
 class TrainingMixin(BaseModel):
