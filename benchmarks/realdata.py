@@ -19,7 +19,6 @@ mag = 25 - 2.5 log10(flux in ADU). Nothing from ../shared/data is written to the
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import time

@@ -11,13 +11,14 @@ from prefect import flow, get_run_logger, runtime, task
 from prefect.futures import as_completed
 from tqdm import tqdm
 
-from flows.common import code_version, publish_markdown, publish_table, tag_run
+from flows.common import publish_markdown, publish_table, tag_run
 from flows.options import DEFAULT_NIGHT, BuildOptions
 from flows.runner import make_task_runner
 from flows.simulate import submit_simulation
 from storage.builds import build_outcome, build_summary, format_summary, plan_build, write_provenance
 from storage.sensor_io import run_sensor_job
 from storage.stampstore import dataset_lock, join_parts
+from tasks.environment import code_version
 from tasks.types import FLAG_MEANINGS
 
 sensor_task = task(run_sensor_job, name="build-sensor", retries=1, retry_delay_seconds=1)

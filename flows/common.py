@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import re
-import subprocess
 from pathlib import Path
 
 from prefect import get_run_logger
@@ -51,16 +50,3 @@ def png_markdown(path: Path, title: str = "") -> str:
     return f"### {title or Path(path).name}\n\n![{Path(path).name}](data:image/png;base64,{data})\n"
 
 
-def code_version() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        v = version("rbflow")
-    except PackageNotFoundError:
-        v = "unknown"
-    commit = ""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                                text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"package": "rbflow", "version": v, "git_commit": commit}

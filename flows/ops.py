@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from flows.options import BuildInputsMixin, ClusterMixin, FlowOptions, _check_night
 from flows.settings import DEFAULTS, PrefectUnavailable, check_server, data_home

@@ -7,11 +7,12 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import code_version, png_markdown, publish_markdown, publish_table, tag_run
+from flows.common import png_markdown, publish_markdown, publish_table, tag_run
 from flows.lineage import model_id, model_parents, stage1_parents, write_sidecar
 from flows.options import Stage1Options, Stage2Options
 from flows.runner import make_task_runner
 from models import stages
+from tasks.environment import code_version
 
 plan_task = task(stages.plan_folds, name="plan-folds")
 fold_task = task(stages.run_fold, name="stage1-fold")

@@ -24,6 +24,7 @@ from pathlib import Path
 from storage.fits_io import pixel_scale_arcsec
 from storage.sensor_io import SensorJob, jobs_from_manifest
 from storage.stampstore import JoinResult, clean_temporaries, pending_keys, read_ledger, sha256_file
+from tasks.environment import numerics
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ def build_outcome(plan: BuildPlan, *, build_config: dict, sensor_config: dict, c
         "kind": "rbflow-dataset", "night": plan.night, "inject": inject, "seed": seed,
         "config": {"build": build_config, "sensor": sensor_config},
         "code": code, "flags": flags,
+        # the CPU and BLAS kernels the bits depend on (tasks/environment.py); not in content_hash
+        "environment": numerics(),
         "parents": {"manifest": str(Path(manifest).resolve()), "manifest_sha256": sha256_file(manifest),
                     "survey_json_sha256": sha256_file(Path(manifest).parent / "survey.json"),
                     "tns_sha256": sha256_file(jobs[0].tns if jobs and jobs[0].tns else None)},

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import time
@@ -41,6 +40,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+
+from tasks.environment import code_version, numerics
 
 # ------------------------------------------------------------------------------ grid
 
@@ -823,7 +824,7 @@ def run_cell(cell: Cell, ctx: ExperimentContext, held: pd.DataFrame | None = Non
            "threshold": res.operating_point.threshold, "counts": res.counts,
            "seconds": {"total": time.perf_counter() - t0, "train_and_score": t_train,
                        "stage1": None if s1 is None else s1.get("seconds")},
-           "code": _code_version(), "environment": environment(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+           "code": code_version(), "environment": environment(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     _write_json(cell_path(cell, ctx), rec)
     return {**rec, "cached": False}
 
@@ -839,35 +840,14 @@ def _set_threads(ctx: ExperimentContext) -> None:
 
 def environment() -> dict:
     """What a trained number depends on besides its key: torch threads, the CPU kernels
-    torch picked and the library versions. Recorded in every cell and stage-1 record, not
-    keyed (a different thread count gives a float-different but equally valid model)."""
-    import platform
+    torch picked, the BLAS kernels numpy picked and the library versions
+    (``tasks.environment.numerics``). Recorded in every cell and stage-1 record, not keyed (a
+    different thread count gives a float-different but equally valid model)."""
     import sklearn
     import torch
-    cpu = platform.processor()
-    try:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": np.__version__, "sklearn": sklearn.__version__}
-
-
-def _code_version() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-    import subprocess
-    try:
-        v = version("rbflow")
-    except PackageNotFoundError:
-        v = "unknown"
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                                text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return {"version": v, "git_commit": commit}
+    return {**numerics(), "torch_threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+            "sklearn": sklearn.__version__}
 
 
 # ------------------------------------------------------------------------------ summary

@@ -50,6 +50,8 @@ def test_build_writes_the_contract(reference_build):
     assert set(table["label"]) == {0, 1}
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["content_hash"] == summary["content_hash"] and "EDGE" in meta["flags"]
+    # the BLAS kernels the subtraction fits ran on: another kernel set gives another hash
+    assert meta["environment"]["blas"] and meta["environment"]["cpu"]
     assert (out / "provenance.json").exists()
 
 

@@ -8,7 +8,7 @@ import pytest
 from astropy.io import fits
 
 from storage.catalogs import (
-    PSFExModel, read_fits_table, read_ldac, read_piff_stars, read_psfex, read_real_galaxy_catalog,
+    read_fits_table, read_ldac, read_piff_stars, read_psfex, read_real_galaxy_catalog,
     read_sextractor_ascii, read_ztf_lightcurve_catalog, sextractor_to_sensor_catalog,
 )
 from tests.test_realdata import need

@@ -1,7 +1,6 @@
 """The dataset write protocol: atomic parts, ledger, lock, join, hashing, readers."""
 
 import json
-import os
 
 import numpy as np
 import pandas as pd
