@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -130,11 +131,13 @@ def prefect_session() -> Iterator[str]:
             try:
                 yield server.api_url
             finally:
-                try:  # send the last run logs while the server still answers
-                    from prefect.logging.handlers import APILogHandler
-                    APILogHandler.flush()
-                except Exception:
-                    pass
+                try:  # send the last run logs while the server still answers (else Prefect's log
+                    # worker sends them at exit, to a stopped server: "Error logging to API")
+                    from prefect.logging.handlers import APILogWorker
+                    APILogWorker.drain_all(timeout=5)
+                except Exception as e:  # never fail a finished run over its last log lines
+                    print(f"rbflow: could not send the last log lines to the Prefect server: {e}",
+                          file=sys.stderr)
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()

@@ -1,5 +1,7 @@
 """The task runner is chosen at the entry point from a YAML cluster spec."""
 
+from pathlib import Path
+
 import pytest
 
 from flows.runner import load_cluster_spec, make_task_runner
@@ -153,3 +155,21 @@ def test_a_closed_worker_runs_its_exit_handlers_and_skips_finalization(tmp_path,
     assert (tmp_path / f"atexit-{pid}").exists()  # every atexit handler ran
     assert (tmp_path / f"finalized-{pid}").exists() is not preload  # finalization skipped only with the preload
     assert proc.exitcode == 0
+
+
+def test_a_cli_run_sends_its_last_log_lines_before_the_temporary_server_stops(tmp_path):
+    # without a configured server, rbflow starts one temporary server for the run and stops it at
+    # the end; the run's last log lines must reach it first, not fail at exit ("Error logging to API")
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_LOGGING_LEVEL="INFO", RBFLOW_NO_PROGRESS="1",
+               DO_NOT_TRACK="1")  # INFO: the level the CLI runs at, with log lines left to send at the end
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "simulate", "--preset", "ci", "--max-sensors", "1",
+                        "--out", str(tmp_path / "survey"), "--cluster", "threads"], env=env, capture_output=True,
+                       text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "survey" / "manifest.csv").is_file()
+    assert "Error logging to API" not in r.stdout + r.stderr
+    assert "could not send the last log lines" not in r.stderr
