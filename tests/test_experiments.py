@@ -171,6 +171,7 @@ def test_cells_run_are_cached_and_summarised(tiny):
     assert rem["stage1"]["n"] == 500 and rem["network"] == "simple"
     env = rem["environment"]  # what a model's bits depend on besides its key: recorded, not keyed
     assert env["torch_threads"] == ctx.threads and env["torch"].startswith("2.13") and env["cores"] >= 1
+    assert env["blas"] and env["cpu"]  # and the BLAS kernels numpy/scipy picked
     # a stand-in's files carry its network; the row's own network would write beside them, not over them
     assert X.cell_path(X.Cell("complex-removed", "uniform-0.05", 0), ctx).name == \
         "complex-removed__uniform-0.05__s0__on-simple.json" and rem["name"].endswith("__on-simple")
