@@ -564,6 +564,15 @@ def training_sets(ctx: ExperimentContext, noise: Noise, seed: int) -> list[str]:
     return noisy_training_sets(ctx.train_dirs, Path(ctx.work), noise, seed, ref, ctx.tail_sharpness)
 
 
+def label_hashes(dirs: Sequence[str]) -> list[str]:
+    """The content hashes of the (derived) training sets: they mix the source stamps' hash with
+    the label column's, so they tell which flips were planted. Recorded, not keyed: a tail cell's
+    flips follow the reference stage 1's scores, and a stage 1 retrained on other CPU kernels or
+    threads scores a little differently (docs/experiments/reading.md)."""
+    from storage.stampstore import open_dataset
+    return [open_dataset(Path(d)).meta.get("content_hash", "") for d in dirs]
+
+
 def run_stage1(ctx: ExperimentContext, noise: Noise, seed: int) -> dict:
     """Stage 1 (k folds + p05 flagging) on the noisy training sets of (noise, seed), cached;
     writes the flagging study to OUT/flagging/<noise>-s<seed>.json. A cached stage 1 whose
@@ -588,13 +597,14 @@ def run_stage1(ctx: ExperimentContext, noise: Noise, seed: int) -> dict:
     opts = ctx.train_options(seed, ctx.stage1_network)
     recs = [stages.run_fold(dirs, str(out), k, opts) for k in range(ctx.folds)]
     summ = stages.flag_and_write(dirs, str(out), ctx.folds, "p05", [r.model_id for r in recs], gallery=0)
-    _write_flagging(fpath, dirs, out, {"seconds": time.perf_counter() - t0, "environment": environment()},
+    _write_flagging(fpath, dirs, out, {"seconds": time.perf_counter() - t0, "environment": environment(),
+                                       "label_hashes": label_hashes(dirs)},
                     rf_trees=ctx.rf_trees,
                     noise=noise.name, seed=seed, stage1_network=ctx.stage1_network, folds=ctx.folds,
                     epochs=ctx.epochs)
     rec = {"dir": str(out), "unlabel": summ.unlabel, "datasets": dirs, "n": summ.n, "n_flagged": summ.n_flagged,
            "flagged_by_label": summ.flagged_by_label, "seconds": time.perf_counter() - t0,
-           "folds": [asdict(r) for r in recs], "environment": environment()}
+           "folds": [asdict(r) for r in recs], "environment": environment(), "label_hashes": label_hashes(dirs)}
     _write_json(done, rec)
     return rec
 
@@ -819,6 +829,7 @@ def run_cell(cell: Cell, ctx: ExperimentContext, held: pd.DataFrame | None = Non
            "folds": ctx.folds if m.needs_stage1 else None, "inputs": ctx.inputs,
            "train_dirs": list(ctx.train_dirs), "heldout_dirs": list(ctx.heldout_dirs), "tns": ctx.tns,
            "n_train_stamps": int(sum(len(open_dataset(Path(d)).table()) for d in dirs)),
+           "label_hashes": label_hashes(dirs),
            "stage1": None if s1 is None else {k: s1[k] for k in ("n", "n_flagged", "flagged_by_label", "dir")},
            "info": info, "metrics": _metric_subset(res.metrics), "truth": _metric_subset(res.truth_metrics),
            "threshold": res.operating_point.threshold, "counts": res.counts,
@@ -999,6 +1010,6 @@ def summarize(out: str | Path, *, n_boot: int = 1000, baseline: str = BASELINE) 
 __all__ = ["METHODS", "NOISES", "GRIDS", "BASELINE", "Method", "Noise", "Cell", "grid_cells", "plant_flips",
            "tail_weights", "derive_dataset", "noisy_training_sets", "flagging_study", "flag_cut_sweep",
            "error_targets", "rf_oof", "paired_seed_bootstrap",
-           "ExperimentContext", "prepare_context", "heldout_table", "run_stage1", "run_cell", "cell_key", "cell_name",
+           "ExperimentContext", "prepare_context", "heldout_table", "label_hashes", "run_stage1", "run_cell", "cell_key", "cell_name",
            "record_name", "same_training", "environment", "ORDERINGS", "summarize",
            "load_cells"]

@@ -183,6 +183,10 @@ def test_cells_run_are_cached_and_summarised(tiny):
     study = json.loads((d / "out" / "flagging" / "uniform-0.05-s0.json").read_text())
     assert study["n_planted"] == 25 and study["bins"][0]["bin"] == "all"
     assert study["environment"]["torch_threads"] == ctx.threads
+    # which flips a cell trained on: the same (noise, seed) gives the same labelled sets, and
+    # planted flips change the sets' hashes from the sources' (recorded, not keyed)
+    assert rem["label_hashes"] == study["label_hashes"] == base["label_hashes"]
+    assert len(rem["label_hashes"]) == len(ctx.train_dirs) and not set(rem["label_hashes"]) & set(ctx.inputs["train"])
     assert [c["cut"] for c in study["cuts"]] == list(X.FLAG_CUTS)
     alt = study["alternatives"]["cnn+rf"]  # the CNN + feature-baseline flagger on the same folds
     assert alt["bins"][0]["n"] == 500 and alt["bins"][0]["planted"]["n_target"] == 25
