@@ -597,14 +597,15 @@ def run_stage1(ctx: ExperimentContext, noise: Noise, seed: int) -> dict:
     opts = ctx.train_options(seed, ctx.stage1_network)
     recs = [stages.run_fold(dirs, str(out), k, opts) for k in range(ctx.folds)]
     summ = stages.flag_and_write(dirs, str(out), ctx.folds, "p05", [r.model_id for r in recs], gallery=0)
-    _write_flagging(fpath, dirs, out, {"seconds": time.perf_counter() - t0, "environment": environment(),
-                                       "label_hashes": label_hashes(dirs)},
+    env, hashes = environment(), label_hashes(dirs)
+    _write_flagging(fpath, dirs, out, {"seconds": time.perf_counter() - t0, "environment": env,
+                                       "label_hashes": hashes},
                     rf_trees=ctx.rf_trees,
                     noise=noise.name, seed=seed, stage1_network=ctx.stage1_network, folds=ctx.folds,
                     epochs=ctx.epochs)
     rec = {"dir": str(out), "unlabel": summ.unlabel, "datasets": dirs, "n": summ.n, "n_flagged": summ.n_flagged,
            "flagged_by_label": summ.flagged_by_label, "seconds": time.perf_counter() - t0,
-           "folds": [asdict(r) for r in recs], "environment": environment(), "label_hashes": label_hashes(dirs)}
+           "folds": [asdict(r) for r in recs], "environment": env, "label_hashes": hashes}
     _write_json(done, rec)
     return rec
 
@@ -1010,6 +1011,6 @@ def summarize(out: str | Path, *, n_boot: int = 1000, baseline: str = BASELINE) 
 __all__ = ["METHODS", "NOISES", "GRIDS", "BASELINE", "Method", "Noise", "Cell", "grid_cells", "plant_flips",
            "tail_weights", "derive_dataset", "noisy_training_sets", "flagging_study", "flag_cut_sweep",
            "error_targets", "rf_oof", "paired_seed_bootstrap",
-           "ExperimentContext", "prepare_context", "heldout_table", "label_hashes", "run_stage1", "run_cell", "cell_key", "cell_name",
-           "record_name", "same_training", "environment", "ORDERINGS", "summarize",
+           "ExperimentContext", "prepare_context", "heldout_table", "label_hashes", "run_stage1", "run_cell",
+           "cell_key", "cell_name", "record_name", "same_training", "environment", "ORDERINGS", "summarize",
            "load_cells"]
