@@ -221,8 +221,12 @@ def test_cells_run_are_cached_and_summarised(tiny):
     results = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(results)
     md = d / "results.md"
+    runs = d / "out" / "runs.jsonl"  # a command run again to resume a cut-off grid: listed once
+    runs.write_text("".join(json.dumps({"command": c}) + "\n" for c in ("rbflow experiments A", "rbflow experiments A",
+                                                                        "rbflow experiments B")))
     assert results.main(["--out", str(d / "out"), "--md", str(md), "--n-boot", "20"]) == 0
     lines = md.read_text().splitlines()
+    assert [ln for ln in lines if ln.startswith("rbflow experiments")] == ["rbflow experiments A", "rbflow experiments B"]
     assert sum(ln.startswith("| complex-removed (on simple) |") for ln in lines) == 3  # AUC, FPR, paired
     assert sum(ln.startswith("| complex-removed |") for ln in lines) == 3
     (d / "out" / "cells" / f"{fake['name']}.json").unlink()

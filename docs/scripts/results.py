@@ -203,8 +203,9 @@ def main(argv=None) -> int:
                   {n: [c['seconds']['total'] for c in cells if c['network'] == n]
                    for n in {c['network'] for c in cells}}.items())) + ".", ""]
     if runs:
-        L += ["Commands (from `docs/experiments/runs.jsonl`):", "", "```bash"]
-        L += [r["command"] for r in runs]
+        L += ["Commands (from `docs/experiments/runs.jsonl`; a command run again to resume is listed once):",
+              "", "```bash"]
+        L += list(dict.fromkeys(r["command"] for r in runs))
         L += ["```", ""]
     # --- main table
     L += ["## The paper's table beside ours (survey's own label errors, no flips added)", "",
