@@ -201,23 +201,30 @@ def process_sensor(new: np.ndarray, ref: np.ndarray, *, new_header, ref_header,
     timings["detect"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    stamps, table, plan = _stamps_and_rows([new_inj, sub.ref_aligned, sub.diff], [bad_new, sub.mask, sub.mask],
-                                           [new_meta.saturation, ref_meta.saturation, None], det, cat, psf,
-                                           new_meta, config, plan, "subtracted")
+    cut = _stamps_and_rows([new_inj, sub.ref_aligned, sub.diff], [bad_new, sub.mask, sub.mask],
+                           [new_meta.saturation, ref_meta.saturation, None], det, cat, psf,
+                           new_meta, config, plan, "subtracted")
     timings["cut"] = time.perf_counter() - t
     diag = dict(sub.diagnostics)
     diag.update(mode="subtracted", convolved=sub.convolved, shift=tuple(float(v) for v in sub.shift))
-    return SensorResult(stamps=stamps, table=table, injections=plan, psf=psf,
+    return SensorResult(stamps=cut.stamps, table=cut.table, injections=cut.injections, psf=psf,
                         subtraction_diagnostics=diag, timings=timings,
                         limiting_mag=float(limiting_mag))
 
 
+@dataclass(frozen=True)
+class _CutRows:
+    """What both sensor pipelines cut from their detections (see ``_stamps_and_rows``)."""
+    stamps: np.ndarray  # (N, 3, 29, 29) new / ref / diff
+    table: pd.DataFrame  # N rows, every flag bit set
+    injections: pd.DataFrame  # the injection plan with ``detected`` filled in (empty plan as is)
+
+
 def _stamps_and_rows(images: list, masks: list, saturation: list, det: pd.DataFrame, cat: pd.DataFrame,
                      psf: PSFResult, new_meta: ImageMeta, config: SensorConfig, plan: pd.DataFrame,
-                     sub_source: str, extra_flags: int = 0) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
-    """The (N, 3, 29, 29) stamps of the detections, their rows with every flag bit set, and the
-    injection plan with ``detected`` filled in (an empty plan is returned as is). Shared
-    by both sensor pipelines; ``extra_flags`` is OR-ed into every stamp's flags."""
+                     sub_source: str, extra_flags: int = 0) -> _CutRows:
+    """The stamps of the detections, their rows and the injection plan marked with what was
+    detected. Shared by both sensor pipelines; ``extra_flags`` is OR-ed into every stamp's flags."""
     cut = cutouts(images, det["x"].to_numpy(float), det["y"].to_numpy(float), size=STAMP_SIZE, masks=masks,
                   saturation=saturation)
     flags = det["flags"].to_numpy(np.int32) | cut.flags
@@ -230,7 +237,7 @@ def _stamps_and_rows(images: list, masks: list, saturation: list, det: pd.DataFr
     if len(plan):
         plan = plan.assign(detected=plan["injection_id"].isin(
             table.loc[table["label"] == 1, "injection_id"].dropna()))
-    return cut.stamps, table, plan
+    return _CutRows(stamps=cut.stamps, table=table, injections=plan)
 
 
 def _stamp_table(det: pd.DataFrame, flags: np.ndarray, new_meta: ImageMeta,
@@ -445,10 +452,9 @@ def process_given_diff(new: np.ndarray, diff: np.ndarray, *, new_header, new_met
     t = time.perf_counter()
     ref_channel = ref_al if ref_al is not None else np.zeros_like(new)
     sat_ref = ref_meta.saturation if (ref is not None and ref_meta is not None) else None
-    stamps, table, plan = _stamps_and_rows([new_inj, ref_channel, diff_out], [bad_new, bad_ref_al, bad_diff],
-                                           [new_meta.saturation, sat_ref, None], det, cat, psf, new_meta, config,
-                                           plan, "given",
-                                           extra_flags=int(StampFlag.NO_REF) if ref is None else 0)
+    cut = _stamps_and_rows([new_inj, ref_channel, diff_out], [bad_new, bad_ref_al, bad_diff],
+                           [new_meta.saturation, sat_ref, None], det, cat, psf, new_meta, config, plan, "given",
+                           extra_flags=int(StampFlag.NO_REF) if ref is None else 0)
     timings["cut"] = time.perf_counter() - t
     good = ~bad_diff
     diag = {"mode": "given", "noise_source": "weight_sub" if diff_var is not None else "sep_rms_of_diff",
@@ -457,6 +463,6 @@ def process_given_diff(new: np.ndarray, diff: np.ndarray, *, new_header, new_met
             "ref": ("resampled" if resampled else "given") if ref is not None else "none",
             "mask_fraction": float(bad_diff.mean()), "kernel_method": None, "convolved": None,
             "shift": (0.0, 0.0)}
-    return SensorResult(stamps=stamps, table=table, injections=plan, psf=psf,
+    return SensorResult(stamps=cut.stamps, table=cut.table, injections=cut.injections, psf=psf,
                         subtraction_diagnostics=diag, timings=timings,
                         limiting_mag=float(limiting_mag))
