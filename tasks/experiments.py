@@ -900,6 +900,19 @@ def _mean_sd(v: list) -> tuple[float | None, float | None]:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else None
 
 
+def heldout_label_sets(held: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """The two label sets the held-out detections (OUT/heldout.parquet) are scored against, as
+    ``{"tns" | "truth": (keep mask, labels, object groups of the cluster bootstrap)}``: TNS
+    (``val_class`` >= 0, grouped by TNS name) and simulation truth (``true_label`` 0/1, grouped by
+    injection, else by stamp)."""
+    vc = held["val_class"].to_numpy()
+    tl = pd.to_numeric(held["true_label"], errors="coerce").to_numpy(float)
+    return {"tns": (vc >= 0, vc, held["tns_name"].astype(str).to_numpy(object)),
+            "truth": (np.isin(tl, (0, 1)), tl,
+                      held["injection_id"].astype("string").fillna(held["stamp_id"]).astype(str).to_numpy(object)
+                      if "injection_id" in held else None)}
+
+
 def summarize(out: str | Path, *, n_boot: int = 1000, baseline: str = BASELINE) -> dict:
     """Aggregate the cell JSONs of OUT: per (method, noise) the seed mean and s.d. of AUC and
     FPR@TPR=0.9 against TNS and against truth, and paired seed-averaged bootstrap differences
@@ -920,12 +933,8 @@ def summarize(out: str | Path, *, n_boot: int = 1000, baseline: str = BASELINE) 
     by: dict[tuple[str, str, str], dict[int, dict]] = {}  # (method, noise, network) -> seed -> cell
     for c in cells:
         by.setdefault((c["cell"]["method"], c["cell"]["noise"], c["network"]), {})[int(c["cell"]["seed"])] = c
-    vc = held["val_class"].to_numpy()
-    tl = pd.to_numeric(held["true_label"], errors="coerce").to_numpy(float)
-    label_sets = {"tns": (vc >= 0, vc, held["tns_name"].astype(str).to_numpy(object)),
-                  "truth": (np.isin(tl, (0, 1)), tl,
-                            held["injection_id"].astype("string").fillna(held["stamp_id"]).astype(str).to_numpy(object)
-                            if "injection_id" in held else None)}
+    label_sets = heldout_label_sets(held)
+    vc, tl = label_sets["tns"][1], label_sets["truth"][1]
 
     def paired(seeds_a: dict, seeds_b: dict, lab: str) -> dict | None:
         """Paired seed-averaged bootstrap difference A - B over the seeds both have."""
