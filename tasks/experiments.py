@@ -235,9 +235,13 @@ def plant_flips(labels: np.ndarray, noise: Noise, seed: int, ref_scores: np.ndar
 
 
 def _symlink(target: Path, link: Path) -> None:
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    os.symlink(target, link)
+    """Point ``link`` at ``target`` atomically (a new link renamed over the old one), so a run
+    deriving the same set at the same time never sees it missing."""
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
 
 
 def derive_dataset(src_dir: str | Path, out_dir: str | Path, table: pd.DataFrame, tag: dict) -> Path:
@@ -262,7 +266,7 @@ def derive_dataset(src_dir: str | Path, out_dir: str | Path, table: pd.DataFrame
     out = Path(out_dir)
     vdir = out / "versions" / meta["content_hash"][:12]
     vdir.mkdir(parents=True, exist_ok=True)
-    tmp = vdir / ".stamps.parquet.tmp"
+    tmp = vdir / f".stamps.parquet.{os.getpid()}.tmp"  # two runs may derive the same set at once
     table.to_parquet(tmp, index=False)
     os.replace(tmp, vdir / "stamps.parquet")
     (vdir / "dataset.json").write_text(json.dumps(meta, indent=1, default=str))
@@ -292,6 +296,10 @@ def noisy_training_sets(train_dirs: Sequence[str], work: Path, noise: Noise, see
         if np.isnan(ref).any():
             raise ValueError(f"{int(np.isnan(ref).sum())} training stamps lack a reference score")
     flip = plant_flips(lab, noise, seed, ref, sharpness)
+    # The directory is keyed by the flips themselves: two contexts whose tails follow different
+    # reference stage 1s (e.g. other --epochs) draw other flips at the same (noise, seed), and
+    # once shared one directory, so one run rewrote the labels another was about to train on.
+    flip_key = hashlib.sha256(np.packbits(flip.astype(bool)).tobytes()).hexdigest()[:10]
     out_dirs, start = [], 0
     tag = {"noise": noise.name, "seed": int(seed), "sharpness": sharpness if noise.model == "tail" else None,
            "tail_profile": TAIL_PROFILE if noise.model == "tail" else None}
@@ -302,7 +310,7 @@ def noisy_training_sets(train_dirs: Sequence[str], work: Path, noise: Noise, see
         t["survey_label"] = t["label"].astype(np.int64)
         t["planted_flip"] = f
         t["label"] = np.where(f, 1 - t["survey_label"], t["survey_label"]).astype(np.int64)
-        o = Path(work) / "data" / f"{noise.name}-s{seed}" / Path(d).name
+        o = Path(work) / "data" / f"{noise.name}-s{seed}-{flip_key}" / Path(d).name
         out_dirs.append(str(derive_dataset(d, o, t, tag)))
     return out_dirs
 
@@ -738,9 +746,11 @@ def _score_cnn(cell: Cell, ctx: ExperimentContext, m: Method, dirs: list[str], u
 def _no_flags_manifest(ctx: ExperimentContext, dirs: list[str], cell: Cell) -> str:
     from storage.loader import StampSource
     t = StampSource(dirs).table
-    p = Path(ctx.work) / "data" / f"{cell.noise}-s{cell.seed}" / "noflags.parquet"
+    p = Path(dirs[0]).parent / "noflags.parquet"  # beside the derived sets, keyed by their flips
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     pd.DataFrame({"stamp_id": t["stamp_id"], "label": t["label"].astype(np.int64), "flagged": False}).to_parquet(
-        p, index=False)
+        tmp, index=False)
+    os.replace(tmp, p)
     return str(p)
 
 

@@ -157,6 +157,27 @@ def test_derived_dataset_carries_exactly_the_planted_flips(tiny):
     assert open_dataset(dirs[0]).meta["content_hash"] != open_dataset(d / "train").meta["content_hash"]
 
 
+def test_two_draws_of_tail_flips_at_one_noise_and_seed_do_not_overwrite_each_other(tiny):
+    """Tail flips follow a reference stage 1's scores, so two runs with other training options
+    (an --epochs ablation beside the grid) draw other flips at the same (noise, seed). Each draw
+    gets its own directory: deriving the second leaves the first's labels as they were."""
+    d, ctx, tr = tiny
+    noise = X.Noise("tail", 0.10)
+    rng = np.random.default_rng(0)
+    ids = open_dataset(d / "train").table()["stamp_id"].to_numpy()
+    ref_a, ref_b = (pd.Series(rng.uniform(size=len(ids)), index=ids) for _ in range(2))
+    work = d / "work-draws"
+    a = X.noisy_training_sets(ctx.train_dirs, work, noise, 0, ref_a)
+    labels_a = open_dataset(a[0]).table()["label"].to_numpy()
+    b = X.noisy_training_sets(ctx.train_dirs, work, noise, 0, ref_b)
+    labels_b = open_dataset(b[0]).table()["label"].to_numpy()
+    assert a != b and not np.array_equal(labels_a, labels_b)
+    assert np.array_equal(open_dataset(a[0]).table()["label"].to_numpy(), labels_a)
+    assert X.label_hashes(a) != X.label_hashes(b)
+    assert X.noisy_training_sets(ctx.train_dirs, work, noise, 0, ref_a) == a  # the same draw: the same place
+    assert np.array_equal(open_dataset(a[0]).table()["label"].to_numpy(), labels_a)
+
+
 def test_cells_run_are_cached_and_summarised(tiny):
     d, ctx, _ = tiny
     rf = X.Cell("rf-sep", "uniform-0.05", 0)
