@@ -592,6 +592,14 @@ def run_stage1(ctx: ExperimentContext, noise: Noise, seed: int) -> dict:
     fpath = Path(ctx.out) / "flagging" / f"{noise.name}-s{seed}.json"
     if done.exists() and (out / "unlabel.parquet").exists():
         rec = json.loads(done.read_text())
+        # Stage 2 trains on the sets derived now, not on the paths the record kept: those were
+        # shared by every draw of flips at this (noise, seed) and may hold another run's labels.
+        dirs = training_sets(ctx, noise, seed)
+        now = label_hashes(dirs)
+        if rec.get("label_hashes") and rec["label_hashes"] != now:
+            raise RuntimeError(f"{done}: this stage 1 was trained on the labels {rec['label_hashes']}, but "
+                               f"{noise.name} seed {seed} now derives {now}; remove {out} to train it again")
+        rec = {**rec, "datasets": dirs}
         prev = json.loads(fpath.read_text()) if fpath.exists() else {}
         if "alternatives" not in prev:  # missing, or written by an older version: the study again (cheap)
             _write_flagging(fpath, rec["datasets"], out, {"seconds": prev.get("seconds", rec.get("seconds"))},

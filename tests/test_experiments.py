@@ -178,6 +178,31 @@ def test_two_draws_of_tail_flips_at_one_noise_and_seed_do_not_overwrite_each_oth
     assert np.array_equal(open_dataset(a[0]).table()["label"].to_numpy(), labels_a)
 
 
+def test_a_cached_stage1_hands_stage2_the_labels_it_was_trained_on(tiny):
+    """Stage 2 must train on the labels stage 1 flagged. A cached stage 1 kept the paths of its
+    training sets; if another run rewrote them there, stage 2 still gets sets derived afresh, and
+    a stage 1 whose recorded labels no longer match what (noise, seed) derives is refused."""
+    d, ctx, tr = tiny
+    noise = X.Noise("uniform", 0.05)
+    rec = X.run_stage1(ctx, noise, 0)
+    good = X.label_hashes(rec["datasets"])
+    assert rec["label_hashes"] == good
+    t = open_dataset(rec["datasets"][0]).table()
+    t["label"] = 1 - t["label"]  # another run's labels at the recorded path
+    X.derive_dataset(d / "train", rec["datasets"][0], t, {"noise": "other"})
+    assert X.label_hashes(rec["datasets"]) != good
+    again = X.run_stage1(ctx, noise, 0)
+    assert X.label_hashes(again["datasets"]) == good
+    done = X.stage1_dir(ctx, noise, 0) / "stage1.json"
+    saved = done.read_text()
+    done.write_text(json.dumps({**json.loads(saved), "label_hashes": ["not-these"]}))
+    try:
+        with pytest.raises(RuntimeError, match="remove .* to train it again"):
+            X.run_stage1(ctx, noise, 0)
+    finally:
+        done.write_text(saved)
+
+
 def test_cells_run_are_cached_and_summarised(tiny):
     d, ctx, _ = tiny
     rf = X.Cell("rf-sep", "uniform-0.05", 0)
