@@ -3,9 +3,10 @@
 Plain CE on the SE-ResNet got *better* as uniform flips were added, while its best epoch fell
 from 11-15 to 3-6. The guess: its early stopping watches a 10 % validation split that carries
 the survey's own label errors, whose AUC keeps rising as the network memorises them, so on
-the survey's labels it trains too long. The test: the same cells (complex-all, survey labels,
-seeds 0-2) with training capped at 5 epochs, made by docs/scripts/ablation_early_stop.sh into
-docs/experiments/ablations/epochs-5/, compared here, paired over the same held-out detections
+the survey's labels it trains too long. The test: the same cells (complex-all, seeds 0-2, at the
+survey's labels and at tail-0.01 and tail-0.10) with training capped at 5 epochs, made by
+docs/scripts/ablation_early_stop.sh into docs/experiments/ablations/epochs-5/, compared here at
+each noise setting the capped cells have, paired over the same held-out detections
 (the cluster bootstrap of ``tasks.experiments.paired_seed_bootstrap``), with the 20-epoch cells
 and the handling rows of docs/experiments/cells/. Writes
 docs/experiments/ablations/epochs-5/paired.json and prints a table.
@@ -28,19 +29,20 @@ from tasks.experiments import heldout_label_sets, load_cells, paired_seed_bootst
 
 MAIN = REPO / "docs" / "experiments"
 ABL = MAIN / "ablations" / "epochs-5"
-# (name in the table, out dir, method); every row is on the SE-ResNet at the survey's own labels
+# (name in the table, out dir, method); every row is on the SE-ResNet, at the capped cells' noise
 ROWS = (("all-CE, <= 5 epochs", ABL, "complex-all"), ("all-CE, <= 20 epochs", MAIN, "complex-all"),
         ("all+VAT", MAIN, "complex-all-vat"), ("removed", MAIN, "complex-removed"),
-        ("unlabelled+VAT", MAIN, "complex-unlabelled-vat"))
+        ("unlabelled+VAT", MAIN, "complex-unlabelled-vat"), ("all+ECH", MAIN, "complex-all-ech"),
+        ("unlabelled+ECH+VAT", MAIN, "complex-unlabelled-ech-vat"))
 
 
-def seeds_of(out: Path, method: str) -> dict[int, np.ndarray]:
-    """seed -> held-out scores (in heldout.parquet's order) of the SE-ResNet survey cells."""
+def seeds_of(out: Path, method: str, noise: str) -> dict[int, np.ndarray]:
+    """seed -> held-out scores (in heldout.parquet's order) of the SE-ResNet cells at ``noise``."""
     import pandas as pd
     held = pd.read_parquet(out / "heldout.parquet")
     res = {}
     for c in load_cells(out):
-        if c["cell"]["method"] == method and c["cell"]["noise"] == "survey" and c["network"] == "complex":
+        if c["cell"]["method"] == method and c["cell"]["noise"] == noise and c["network"] == "complex":
             s = pd.read_parquet(out / "scores" / f"{record_name(c)}.parquet").set_index("stamp_id")["score"]
             res[int(c["cell"]["seed"])] = s.reindex(held["stamp_id"]).to_numpy(float)
     return res
@@ -55,23 +57,27 @@ def main(argv=None) -> int:
     if not held["stamp_id"].equals(pd.read_parquet(ABL / "heldout.parquet")["stamp_id"]):
         raise SystemExit(f"{ABL / 'heldout.parquet'}: not the held-out detections of {MAIN / 'heldout.parquet'}")
     sets = heldout_label_sets(held)
-    scores = {name: seeds_of(out, m) for name, out, m in ROWS}
-    capped = scores[ROWS[0][0]]
-    result = {"n_boot": a.n_boot, "rows": {}}
-    print(f"{'A - B (A = all-CE <= 5 epochs)':40s} {'label':6s} {'A':>7s} {'B':>7s} {'A - B [95 %]':>28s}")
-    for name, _, _ in ROWS[1:]:
-        other = scores[name]
-        common = sorted(set(capped) & set(other))
-        for lab, (keep, y, obj) in sets.items():
-            d = paired_seed_bootstrap(y[keep].astype(int), [capped[s][keep] for s in common],
-                                      [other[s][keep] for s in common],
-                                      groups_object=None if obj is None else obj[keep],
-                                      groups_image=held["image"].to_numpy(object)[keep], n_boot=a.n_boot)
-            result["rows"].setdefault(name, {})[lab] = {**d, "seeds": common}
-            for metric in ("fpr_at_tpr90", "auc"):
-                m = d[metric]
-                print(f"{'- ' + name + ' (' + metric + ')':40s} {lab:6s} {m['value_a']:7.3f} {m['value_b']:7.3f} "
-                      f"{m['diff']:+8.3f} [{m['diff_ci'][0]:+.3f}, {m['diff_ci'][1]:+.3f}]")
+    result = {"n_boot": a.n_boot, "noises": {}}
+    print(f"{'A - B (A = all-CE <= 5 epochs)':40s} {'noise':10s} {'label':6s} {'A':>7s} {'B':>7s} "
+          f"{'A - B [95 %]':>28s}")
+    for noise in sorted({c["cell"]["noise"] for c in load_cells(ABL)}, key=lambda n: (n != "survey", n)):
+        scores = {name: seeds_of(out, m, noise) for name, out, m in ROWS}
+        capped = scores[ROWS[0][0]]
+        for name, _, _ in ROWS[1:]:
+            other = scores[name]
+            common = sorted(set(capped) & set(other))
+            if not common:
+                continue
+            for lab, (keep, y, obj) in sets.items():
+                d = paired_seed_bootstrap(y[keep].astype(int), [capped[s][keep] for s in common],
+                                          [other[s][keep] for s in common],
+                                          groups_object=None if obj is None else obj[keep],
+                                          groups_image=held["image"].to_numpy(object)[keep], n_boot=a.n_boot)
+                result["noises"].setdefault(noise, {}).setdefault(name, {})[lab] = {**d, "seeds": common}
+                for metric in ("fpr_at_tpr90", "auc"):
+                    m = d[metric]
+                    print(f"{'- ' + name + ' (' + metric + ')':40s} {noise:10s} {lab:6s} {m['value_a']:7.3f} "
+                          f"{m['value_b']:7.3f} {m['diff']:+8.3f} [{m['diff_ci'][0]:+.3f}, {m['diff_ci'][1]:+.3f}]")
     (ABL / "paired.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
     return 0
 
