@@ -739,7 +739,7 @@ def _score_cnn(cell: Cell, ctx: ExperimentContext, m: Method, dirs: list[str], u
     opts |= {"mode": m.data, "l_ce": m.l_ce, "l_ech": m.l_ech, "l_lds": m.l_lds, "ech_margin": lc.ech_margin,
              "vat_xi": lc.vat_xi, "vat_eps": lc.vat_eps, "vat_power_iters": lc.vat_power_iters}
     if unlabel is None:  # mode 'all' needs no flags: an unlabel manifest that flags nothing
-        unlabel = _no_flags_manifest(ctx, dirs, cell)
+        unlabel = _no_flags_manifest(dirs)
     model_dir = Path(ctx.work) / "models" / f"{cell_name(cell, ctx)}-{cell_key(cell, ctx)}"
     if model_dir.exists() and not (model_dir / "model.pt2").exists():
         shutil.rmtree(model_dir)
@@ -751,10 +751,11 @@ def _score_cnn(cell: Cell, ctx: ExperimentContext, m: Method, dirs: list[str], u
     return scores, {k: v for k, v in info.items()} | {"network": net}
 
 
-def _no_flags_manifest(ctx: ExperimentContext, dirs: list[str], cell: Cell) -> str:
+def _no_flags_manifest(dirs: list[str]) -> str:
+    """A manifest that flags nothing (the *all* rows' stage 2), written beside the derived sets."""
     from storage.loader import StampSource
     t = StampSource(dirs).table
-    p = Path(dirs[0]).parent / "noflags.parquet"  # beside the derived sets, keyed by their flips
+    p = Path(dirs[0]).parent / "noflags.parquet"  # keyed by the flips, as the directory is
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     pd.DataFrame({"stamp_id": t["stamp_id"], "label": t["label"].astype(np.int64), "flagged": False}).to_parquet(
         tmp, index=False)
