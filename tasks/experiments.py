@@ -919,6 +919,12 @@ def _mean_sd(v: list) -> tuple[float | None, float | None]:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else None
 
 
+def cell_scores(out: str | Path, rec: dict, held: pd.DataFrame) -> np.ndarray:
+    """A cell's held-out scores (OUT/scores/<name>.parquet) in the order of ``held``'s rows."""
+    s = pd.read_parquet(Path(out) / "scores" / f"{record_name(rec)}.parquet").set_index("stamp_id")["score"]
+    return s.reindex(held["stamp_id"]).to_numpy(float)
+
+
 def heldout_label_sets(held: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
     """The two label sets the held-out detections (OUT/heldout.parquet) are scored against, as
     ``{"tns" | "truth": (keep mask, labels, object groups of the cluster bootstrap)}``: TNS
@@ -945,8 +951,7 @@ def summarize(out: str | Path, *, n_boot: int = 1000, baseline: str = BASELINE) 
     def sc(c: dict) -> np.ndarray:
         name = record_name(c)
         if name not in scores:
-            s = pd.read_parquet(out / "scores" / f"{name}.parquet").set_index("stamp_id")["score"]
-            scores[name] = s.reindex(held["stamp_id"]).to_numpy(float)
+            scores[name] = cell_scores(out, c, held)
         return scores[name]
 
     by: dict[tuple[str, str, str], dict[int, dict]] = {}  # (method, noise, network) -> seed -> cell

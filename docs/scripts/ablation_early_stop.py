@@ -25,7 +25,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tasks.experiments import heldout_label_sets, load_cells, paired_seed_bootstrap, record_name  # noqa: E402
+from tasks.experiments import cell_scores, heldout_label_sets, load_cells, paired_seed_bootstrap  # noqa: E402
 
 MAIN = REPO / "docs" / "experiments"
 ABL = MAIN / "ablations" / "epochs-5"
@@ -43,8 +43,7 @@ def seeds_of(out: Path, method: str, noise: str) -> dict[int, np.ndarray]:
     res = {}
     for c in load_cells(out):
         if c["cell"]["method"] == method and c["cell"]["noise"] == noise and c["network"] == "complex":
-            s = pd.read_parquet(out / "scores" / f"{record_name(c)}.parquet").set_index("stamp_id")["score"]
-            res[int(c["cell"]["seed"])] = s.reindex(held["stamp_id"]).to_numpy(float)
+            res[int(c["cell"]["seed"])] = cell_scores(out, c, held)
     return res
 
 
