@@ -2,8 +2,9 @@
 # The early-stopping ablation (docs/experiments/reading.md, "The gain grows with noise"): plain CE
 # on the SE-ResNet, 3 seeds, training capped at 5 epochs, into its own OUT so that
 # docs/results.md's rows stay the 20-epoch ones. ~3 min per cell on 2 cores. NOISES picks the
-# label noise (default: survey tail-0.01 tail-0.10); the tail cells share the main grid's --work, so
-# they train on the same flips as its cells (their label_hashes say so). Then
+# label noise (default: survey tail-0.01 tail-0.10). The tail cells share the main grid's --work,
+# but tail flips follow a reference stage 1 trained with the run's own options (here 5 epochs), so
+# they draw other flips than the grid's cells of the same name (their label_hashes differ). Then
 #   .venv/bin/python docs/scripts/ablation_early_stop.py --n-boot 1000
 # pairs it with the 20-epoch cells and the handling rows of docs/experiments/cells/.
 set -uo pipefail
