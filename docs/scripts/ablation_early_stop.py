@@ -16,6 +16,7 @@ docs/experiments/ablations/epochs-5/paired.json and prints a table.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -36,15 +37,18 @@ ROWS = (("all-CE, <= 5 epochs", ABL, "complex-all"), ("all-CE, <= 20 epochs", MA
         ("unlabelled+ECH+VAT", MAIN, "complex-unlabelled-ech-vat"))
 
 
+@functools.lru_cache(maxsize=None)
+def _read(out: Path) -> tuple:
+    """OUT's held-out table and cell records, read once per OUT."""
+    import pandas as pd
+    return pd.read_parquet(out / "heldout.parquet"), tuple(load_cells(out))
+
+
 def seeds_of(out: Path, method: str, noise: str) -> dict[int, np.ndarray]:
     """seed -> held-out scores (in heldout.parquet's order) of the SE-ResNet cells at ``noise``."""
-    import pandas as pd
-    held = pd.read_parquet(out / "heldout.parquet")
-    res = {}
-    for c in load_cells(out):
-        if c["cell"]["method"] == method and c["cell"]["noise"] == noise and c["network"] == "complex":
-            res[int(c["cell"]["seed"])] = cell_scores(out, c, held)
-    return res
+    held, cells = _read(out)
+    return {int(c["cell"]["seed"]): cell_scores(out, c, held) for c in cells
+            if c["cell"]["method"] == method and c["cell"]["noise"] == noise and c["network"] == "complex"}
 
 
 def main(argv=None) -> int:
@@ -59,7 +63,7 @@ def main(argv=None) -> int:
     result = {"n_boot": a.n_boot, "noises": {}}
     print(f"{'A - B (A = all-CE <= 5 epochs)':40s} {'noise':10s} {'label':6s} {'A':>7s} {'B':>7s} "
           f"{'A - B [95 %]':>28s}")
-    for noise in sorted({c["cell"]["noise"] for c in load_cells(ABL)}, key=lambda n: (n != "survey", n)):
+    for noise in sorted({c["cell"]["noise"] for c in _read(ABL)[1]}, key=lambda n: (n != "survey", n)):
         scores = {name: seeds_of(out, m, noise) for name, out, m in ROWS}
         capped = scores[ROWS[0][0]]
         for name, _, _ in ROWS[1:]:
