@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -123,21 +125,50 @@ def prefect_session() -> Iterator[str]:
         return
     from prefect.server.api.server import SubprocessASGIServer
     server = SubprocessASGIServer()
-    server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")))
-    os.environ["PREFECT_API_URL"] = server.api_url
+    with _unwind_on_sigterm():
+        try:
+            server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")))
+            os.environ["PREFECT_API_URL"] = server.api_url
+            with _http_only(server.api_url) as extra, \
+                    temporary_settings(updates={PREFECT_API_URL: server.api_url, **extra}):
+                try:
+                    yield server.api_url
+                finally:
+                    try:  # send the last run logs while the server still answers (else Prefect's log
+                        # worker sends them at exit, to a stopped server: "Error logging to API")
+                        from prefect.logging.handlers import APILogWorker
+                        APILogWorker.drain_all(timeout=5)
+                    except Exception as e:  # never fail a finished run over its last log lines
+                        print(f"rbflow: could not send the last log lines to the Prefect server: {e}",
+                              file=sys.stderr)
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
+            server.stop()
+
+
+@contextlib.contextmanager
+def _unwind_on_sigterm() -> Iterator[None]:
+    """SIGTERM (``kill PID``, a batch scheduler's time limit) unwinds the run like Ctrl-C.
+
+    Python's default SIGTERM ends the process at once, without ``finally`` blocks or exit
+    handlers, so the temporary Prefect server (a uvicorn child) and the Dask workers were left
+    running. Here the first SIGTERM raises ``SystemExit(143)``: the open flow run is marked
+    Crashed (Prefect's own SIGTERM bridge hands the signal on to this handler), the cluster and
+    the server are stopped, and the process exits with the shell's code for SIGTERM. A second
+    SIGTERM during that clean-up ends the process at once, as before. Only the main thread can
+    set a handler, and a handler the caller installed is left alone.
+    """
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def _exit(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
     try:
-        with _http_only(server.api_url) as extra, \
-                temporary_settings(updates={PREFECT_API_URL: server.api_url, **extra}):
-            try:
-                yield server.api_url
-            finally:
-                try:  # send the last run logs while the server still answers (else Prefect's log
-                    # worker sends them at exit, to a stopped server: "Error logging to API")
-                    from prefect.logging.handlers import APILogWorker
-                    APILogWorker.drain_all(timeout=5)
-                except Exception as e:  # never fail a finished run over its last log lines
-                    print(f"rbflow: could not send the last log lines to the Prefect server: {e}",
-                          file=sys.stderr)
+        yield
     finally:
-        os.environ.pop("PREFECT_API_URL", None)
-        server.stop()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -173,3 +173,54 @@ def test_a_cli_run_sends_its_last_log_lines_before_the_temporary_server_stops(tm
     assert (tmp_path / "survey" / "manifest.csv").is_file()
     assert "Error logging to API" not in r.stdout + r.stderr
     assert "could not send the last log lines" not in r.stderr
+
+
+_WAITING_FLOW = """
+import time
+import psutil
+from prefect import flow
+from flows.settings import configure_environment, prefect_session
+configure_environment()
+
+@flow
+def waits():
+    kids = psutil.Process().children(recursive=True)
+    print("CHILDREN", *[p.pid for p in kids], flush=True)
+    time.sleep(300)
+
+with prefect_session():
+    waits()
+"""
+
+
+def test_a_sigterm_mid_run_stops_the_temporary_server_it_started(tmp_path):
+    # Python's default SIGTERM ends the process without its finally blocks, which left the run's
+    # temporary Prefect server (a uvicorn child) running after `kill PID` or a scheduler's limit
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    psutil = pytest.importorskip("psutil")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), DO_NOT_TRACK="1")
+    p = subprocess.Popen([sys.executable, "-c", _WAITING_FLOW], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        for line in p.stdout:
+            if line.startswith("CHILDREN"):
+                kids = [psutil.Process(int(x)) for x in line.split()[1:]]
+                break
+        else:
+            pytest.fail(f"the flow never ran (exit code {p.wait(30)})")
+        assert kids, "no temporary server was started"
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=60) == 128 + signal.SIGTERM
+        gone, alive = psutil.wait_procs(kids, timeout=15)
+        assert not alive, f"left running: {[k.cmdline() for k in alive]}"
+        import sqlite3  # the temporary server's database: the run is marked Crashed, not left Running
+        with contextlib.closing(sqlite3.connect(tmp_path / "prefect" / "prefect.db")) as db:
+            assert db.execute("select state_type from flow_run").fetchall() == [("CRASHED",)]
+    finally:
+        if p.poll() is None:
+            p.kill()
