@@ -188,6 +188,7 @@ class ExperimentsOptions(FlowOptions):
     batch_size: int = Field(128, ge=8, le=8192, description="Training batch size.")
     lr: float = Field(1e-3, gt=0, lt=1, description="Learning rate.")
     patience: int = Field(3, ge=1, description="Early-stopping patience (epochs).")
+    reference_epochs: int | None = Field(None, ge=1, le=1000, description="Maximum epochs of the reference stage 1 whose scores define the tails of tail-* noise (default: --epochs). Give another run's --epochs to plant that run's tail flips.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Torch device; auto = cuda when present.")
     n_boot: int = Field(300, ge=0, le=100000, description="Cluster-bootstrap replicates per cell.")
     threads: int = Field(1, ge=1, le=64, description="torch CPU threads (1 on shared 2-core machines).")

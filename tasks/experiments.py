@@ -509,6 +509,7 @@ class ExperimentContext:
     rf_trees: int = 300
     tail_sharpness: float = 10.0
     reference_seed: int = 0
+    reference_epochs: int | None = None  # the reference stage 1's epochs (None: ``epochs``)
     rerun: bool = False
     inputs: dict = field(default_factory=dict)  # content hashes of train/held-out/tns (filled by prepare)
 
@@ -516,6 +517,15 @@ class ExperimentContext:
         if method.kind == "rf":
             return "rf"
         return method.network if self.network == "paper" else self.network
+
+    def reference(self) -> dict:
+        """What defines the score tails beyond the inputs: the reference stage 1's seed, and its
+        epochs where they differ from ``epochs`` (so that the keys of runs without
+        ``reference_epochs`` stay what they were)."""
+        ref = {"reference_seed": self.reference_seed}
+        if self.reference_epochs not in (None, self.epochs):
+            ref["reference_epochs"] = self.reference_epochs
+        return ref
 
     def train_options(self, seed: int, network: str) -> dict:
         return {"network": network, "n_logits": 2, "epochs": self.epochs, "batch_size": self.batch_size,
@@ -555,13 +565,19 @@ def stage1_dir(ctx: ExperimentContext, noise: Noise, seed: int) -> Path:
     key = stable_hash({"inputs": ctx.inputs, "noise": noise.name, "seed": seed, "folds": ctx.folds,
                        **({"tail_profile": TAIL_PROFILE} if noise.model == "tail" else {}),
                        "opts": ctx.train_options(seed, ctx.stage1_network), "sharpness": ctx.tail_sharpness,
-                       "reference_seed": ctx.reference_seed}, 10)
+                       **(ctx.reference() if noise.model == "tail" else {"reference_seed": ctx.reference_seed})},
+                      10)
     return Path(ctx.work) / "stage1" / f"{noise.name}-s{seed}-{key}"
 
 
 def reference_scores(ctx: ExperimentContext) -> pd.Series:
     """P(real) per training stamp that defines the score tails: the out-of-fold scores of the
-    stage 1 on the survey's own labels at ``reference_seed`` (run first, cached)."""
+    stage 1 on the survey's own labels at ``reference_seed`` (run first, cached), trained for
+    ``reference_epochs`` (default ``epochs``): a run with other ``epochs`` can so plant the same
+    tail flips as the run it is compared with."""
+    from dataclasses import replace
+    if ctx.reference_epochs not in (None, ctx.epochs):
+        ctx = replace(ctx, epochs=ctx.reference_epochs)
     r = run_stage1(ctx, Noise(), ctx.reference_seed)
     un = pd.read_parquet(r["unlabel"])
     return pd.Series(un["oof_prob"].to_numpy(float), index=un["stamp_id"].to_numpy())
@@ -684,7 +700,7 @@ def cell_key(cell: Cell, ctx: ExperimentContext) -> str:
               "inputs": ctx.inputs, "n_boot": ctx.n_boot, "tail_sharpness": ctx.tail_sharpness,
               "reference_seed": ctx.reference_seed}
     if Noise.parse(cell.noise).model == "tail":
-        params["tail_profile"] = TAIL_PROFILE
+        params.update(tail_profile=TAIL_PROFILE, **ctx.reference())
     if m.kind == "rf":
         params["rf_trees"] = ctx.rf_trees
     else:

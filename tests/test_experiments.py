@@ -178,6 +178,29 @@ def test_two_draws_of_tail_flips_at_one_noise_and_seed_do_not_overwrite_each_oth
     assert np.array_equal(open_dataset(a[0]).table()["label"].to_numpy(), labels_a)
 
 
+def test_reference_epochs_plant_another_runs_tail_flips(tiny):
+    """An --epochs ablation compared with the grid must train on the grid's tail flips: with
+    reference_epochs the tails come from the grid's reference stage 1, not one trained with the
+    ablation's epochs. Keys change only where the reference does (tail noise, other epochs)."""
+    from dataclasses import replace
+    d, ctx, tr = tiny
+    ctx = replace(ctx, out=str(d / "out-reference"), work=str(d / "work-reference"))  # its own stage 1s
+    noise = X.Noise("tail", 0.10)
+    grid = X.training_sets(ctx, noise, 0)  # epochs 1, its own reference
+    longer = replace(ctx, epochs=2)
+    pinned = replace(ctx, epochs=2, reference_epochs=1)
+    ref_2 = X.stage1_dir(longer, X.Noise(), ctx.reference_seed) / "stage1.json"  # a 2-epoch reference
+    assert X.training_sets(pinned, noise, 0) == grid and not ref_2.exists()
+    X.training_sets(longer, noise, 0)
+    assert ref_2.exists()
+    assert X.stage1_dir(pinned, noise, 0) != X.stage1_dir(longer, noise, 0)
+    tail, uniform = X.Cell("complex-all", "tail-0.10", 0), X.Cell("complex-all", "uniform-0.10", 0)
+    assert X.cell_key(tail, pinned) != X.cell_key(tail, longer)
+    assert X.cell_key(uniform, pinned) == X.cell_key(uniform, longer)
+    same = replace(ctx, reference_epochs=ctx.epochs)  # naming the default changes nothing
+    assert X.cell_key(tail, same) == X.cell_key(tail, ctx) and X.stage1_dir(same, noise, 0) == X.stage1_dir(ctx, noise, 0)
+
+
 def test_a_cached_stage1_hands_stage2_the_labels_it_was_trained_on(tiny):
     """Stage 2 must train on the labels stage 1 flagged. A cached stage 1 kept the paths of its
     training sets; if another run rewrote them there, stage 2 still gets sets derived afresh, and
