@@ -8,8 +8,10 @@ survey's labels and at tail-0.01 and tail-0.10) with training capped at 5 epochs
 docs/scripts/ablation_early_stop.sh into docs/experiments/ablations/epochs-5/, compared here at
 each noise setting the capped cells have, paired over the same held-out detections
 (the cluster bootstrap of ``tasks.experiments.paired_seed_bootstrap``), with the 20-epoch cells
-and the handling rows of docs/experiments/cells/. Writes
-docs/experiments/ablations/epochs-5/paired.json and prints a table.
+and the handling rows of docs/experiments/cells/. The handling rows capped the same way (removed
+and unlabelled+VAT, stage 1 capped too), where the OUT has them, are paired with their 20-epoch
+cells and with the capped CE. Writes docs/experiments/ablations/epochs-5/paired.json
+(``noises[noise][A][B][labels]``) and prints a table.
 
     .venv/bin/python docs/scripts/ablation_early_stop.py [--n-boot 1000]
 """
@@ -30,11 +32,16 @@ from tasks.experiments import cell_scores, heldout_label_sets, load_cells, paire
 
 MAIN = REPO / "docs" / "experiments"
 ABL = MAIN / "ablations" / "epochs-5"
-# (name in the table, out dir, method); every row is on the SE-ResNet, at the capped cells' noise
-ROWS = (("all-CE, <= 5 epochs", ABL, "complex-all"), ("all-CE, <= 20 epochs", MAIN, "complex-all"),
-        ("all+VAT", MAIN, "complex-all-vat"), ("removed", MAIN, "complex-removed"),
-        ("unlabelled+VAT", MAIN, "complex-unlabelled-vat"), ("all+ECH", MAIN, "complex-all-ech"),
-        ("unlabelled+ECH+VAT", MAIN, "complex-unlabelled-ech-vat"))
+# name in the table -> (out dir, method); every row is on the SE-ResNet, at the capped cells' noise
+CE5, RM5, UV5 = "all-CE, <= 5 epochs", "removed, <= 5 epochs", "unlabelled+VAT, <= 5 epochs"
+ROWS = {CE5: (ABL, "complex-all"), RM5: (ABL, "complex-removed"), UV5: (ABL, "complex-unlabelled-vat"),
+        "all-CE, <= 20 epochs": (MAIN, "complex-all"), "all+VAT": (MAIN, "complex-all-vat"),
+        "removed": (MAIN, "complex-removed"), "unlabelled+VAT": (MAIN, "complex-unlabelled-vat"),
+        "all+ECH": (MAIN, "complex-all-ech"), "unlabelled+ECH+VAT": (MAIN, "complex-unlabelled-ech-vat")}
+# (A, B) pairs, A - B; a pair is skipped at a noise setting where either has no cells
+PAIRS = ([(CE5, b) for b in ("all-CE, <= 20 epochs", "all+VAT", "removed", "unlabelled+VAT", "all+ECH",
+                             "unlabelled+ECH+VAT")]
+         + [(RM5, "removed"), (UV5, "unlabelled+VAT"), (CE5, RM5), (CE5, UV5)])
 
 
 @functools.lru_cache(maxsize=None)
@@ -61,25 +68,23 @@ def main(argv=None) -> int:
         raise SystemExit(f"{ABL / 'heldout.parquet'}: not the held-out detections of {MAIN / 'heldout.parquet'}")
     sets = heldout_label_sets(held)
     result = {"n_boot": a.n_boot, "noises": {}}
-    print(f"{'A - B (A = all-CE <= 5 epochs)':40s} {'noise':10s} {'label':6s} {'A':>7s} {'B':>7s} "
-          f"{'A - B [95 %]':>28s}")
+    print(f"{'A - B (metric)':62s} {'noise':10s} {'label':6s} {'A':>7s} {'B':>7s} {'A - B [95 %]':>28s}")
     for noise in sorted({c["cell"]["noise"] for c in _read(ABL)[1]}, key=lambda n: (n != "survey", n)):
-        scores = {name: seeds_of(out, m, noise) for name, out, m in ROWS}
-        capped = scores[ROWS[0][0]]
-        for name, _, _ in ROWS[1:]:
-            other = scores[name]
-            common = sorted(set(capped) & set(other))
+        scores = {name: seeds_of(out, m, noise) for name, (out, m) in ROWS.items()}
+        for na, nb in PAIRS:
+            common = sorted(set(scores[na]) & set(scores[nb]))
             if not common:
                 continue
             for lab, (keep, y, obj) in sets.items():
-                d = paired_seed_bootstrap(y[keep].astype(int), [capped[s][keep] for s in common],
-                                          [other[s][keep] for s in common],
+                d = paired_seed_bootstrap(y[keep].astype(int), [scores[na][s][keep] for s in common],
+                                          [scores[nb][s][keep] for s in common],
                                           groups_object=None if obj is None else obj[keep],
                                           groups_image=held["image"].to_numpy(object)[keep], n_boot=a.n_boot)
-                result["noises"].setdefault(noise, {}).setdefault(name, {})[lab] = {**d, "seeds": common}
+                result["noises"].setdefault(noise, {}).setdefault(na, {}).setdefault(nb, {})[lab] = \
+                    {**d, "seeds": common}
                 for metric in ("fpr_at_tpr90", "auc"):
                     m = d[metric]
-                    print(f"{'- ' + name + ' (' + metric + ')':40s} {noise:10s} {lab:6s} {m['value_a']:7.3f} "
+                    print(f"{na + ' - ' + nb + ' (' + metric + ')':62s} {noise:10s} {lab:6s} {m['value_a']:7.3f} "
                           f"{m['value_b']:7.3f} {m['diff']:+8.3f} [{m['diff_ci'][0]:+.3f}, {m['diff_ci'][1]:+.3f}]")
     (ABL / "paired.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
     return 0
