@@ -114,8 +114,15 @@ def prefect_session() -> Iterator[str]:
     A configured server (PREFECT_API_URL) is checked first. Without one, one temporary
     local server is started for the whole run (what Prefect's ephemeral mode does), and its
     URL is put in the settings and the environment so that Dask worker processes report to
-    it instead of each starting an ephemeral server of their own.
+    it instead of each starting an ephemeral server of their own. SIGTERM unwinds either kind
+    of run like Ctrl-C (``_unwind_on_sigterm``).
     """
+    with _unwind_on_sigterm(), _session() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _session() -> Iterator[str]:
     from prefect.settings import PREFECT_API_URL, temporary_settings
     url = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()  # the environment wins over a profile
     if url:
@@ -125,25 +132,24 @@ def prefect_session() -> Iterator[str]:
         return
     from prefect.server.api.server import SubprocessASGIServer
     server = SubprocessASGIServer()
-    with _unwind_on_sigterm():
-        try:
-            server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")))
-            os.environ["PREFECT_API_URL"] = server.api_url
-            with _http_only(server.api_url) as extra, \
-                    temporary_settings(updates={PREFECT_API_URL: server.api_url, **extra}):
-                try:
-                    yield server.api_url
-                finally:
-                    try:  # send the last run logs while the server still answers (else Prefect's log
-                        # worker sends them at exit, to a stopped server: "Error logging to API")
-                        from prefect.logging.handlers import APILogWorker
-                        APILogWorker.drain_all(timeout=5)
-                    except Exception as e:  # never fail a finished run over its last log lines
-                        print(f"rbflow: could not send the last log lines to the Prefect server: {e}",
-                              file=sys.stderr)
-        finally:
-            os.environ.pop("PREFECT_API_URL", None)
-            server.stop()
+    try:
+        server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")))
+        os.environ["PREFECT_API_URL"] = server.api_url
+        with _http_only(server.api_url) as extra, \
+                temporary_settings(updates={PREFECT_API_URL: server.api_url, **extra}):
+            try:
+                yield server.api_url
+            finally:
+                try:  # send the last run logs while the server still answers (else Prefect's log
+                    # worker sends them at exit, to a stopped server: "Error logging to API")
+                    from prefect.logging.handlers import APILogWorker
+                    APILogWorker.drain_all(timeout=5)
+                except Exception as e:  # never fail a finished run over its last log lines
+                    print(f"rbflow: could not send the last log lines to the Prefect server: {e}",
+                          file=sys.stderr)
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
 
 
 @contextlib.contextmanager
