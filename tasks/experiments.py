@@ -954,6 +954,32 @@ def heldout_label_sets(held: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.nda
                       if "injection_id" in held else None)}
 
 
+def row_scores(out: str | Path, method: str, noise: str, network: str, held: pd.DataFrame,
+               cells: Sequence[dict]) -> dict[int, np.ndarray]:
+    """seed -> held-out scores (in ``held``'s order) of OUT's cells of one row (``method`` on
+    ``network``) at ``noise``; ``cells`` are OUT's records (``load_cells``)."""
+    return {int(c["cell"]["seed"]): cell_scores(Path(out), c, held) for c in cells
+            if c["cell"]["method"] == method and c["cell"]["noise"] == noise and c["network"] == network}
+
+
+def paired_rows(held: pd.DataFrame, a: dict[int, np.ndarray], b: dict[int, np.ndarray],
+                n_boot: int = 1000) -> dict[str, dict]:
+    """Two rows' seed-averaged difference (A - B) against TNS and against truth, over the seeds
+    both have, paired over the held-out detections (``paired_seed_bootstrap``):
+    ``{"tns" | "truth": {auc, fpr_at_tpr90, ..., seeds}}``, empty when no seed is shared."""
+    common = sorted(set(a) & set(b))
+    if not common:
+        return {}
+    image = held["image"].to_numpy(object)
+    res = {}
+    for lab, (keep, y, obj) in heldout_label_sets(held).items():
+        d = paired_seed_bootstrap(y[keep].astype(int), [a[s][keep] for s in common], [b[s][keep] for s in common],
+                                  groups_object=None if obj is None else obj[keep], groups_image=image[keep],
+                                  n_boot=n_boot)
+        res[lab] = {**d, "seeds": common}
+    return res
+
+
 def summarize(out: str | Path, *, n_boot: int = 1000, baseline: str = BASELINE) -> dict:
     """Aggregate the cell JSONs of OUT: per (method, noise) the seed mean and s.d. of AUC and
     FPR@TPR=0.9 against TNS and against truth, and paired seed-averaged bootstrap differences

@@ -313,3 +313,22 @@ def test_same_training_finds_the_simple_row_a_stand_in_trains():
     assert X.same_training("complex-all-vat", "simple") == "complex-all-vat"  # no Simple row with VAT
     assert X.same_training("complex-removed-ech", "simple") == "complex-removed-ech"
     assert all(a in X.METHODS and b in X.METHODS for a, b in X.ORDERINGS)
+
+
+def test_paired_rows_pairs_the_shared_seeds_over_both_label_sets():
+    rng = np.random.default_rng(3)
+    n = 400
+    y = (np.arange(n) % 4 == 0).astype(int)
+    held = pd.DataFrame({"stamp_id": [f"s{i}" for i in range(n)], "val_class": np.where(np.arange(n) % 8 == 1, -1, y),
+                         "tns_name": [f"AT{i}" for i in range(n)], "true_label": y,
+                         "injection_id": [f"i{i}" if v else None for i, v in enumerate(y)],
+                         "image": [f"img{i % 10}" for i in range(n)]})
+    good = {s: y + rng.normal(0, 0.5, n) for s in (0, 1, 2)}
+    poor = {s: y + rng.normal(0, 2.0, n) for s in (1, 2, 3)}
+    same = X.paired_rows(held, good, good, n_boot=50)
+    assert set(same) == {"tns", "truth"} and same["truth"]["seeds"] == [0, 1, 2]
+    assert same["truth"]["auc"]["diff"] == 0 and same["tns"]["fpr_at_tpr90"]["diff"] == 0
+    d = X.paired_rows(held, good, poor, n_boot=200)["truth"]
+    assert d["seeds"] == [1, 2]  # only the seeds both rows have
+    assert d["auc"]["diff_ci"][0] > 0 and d["fpr_at_tpr90"]["diff_ci"][1] < 0  # A is better, resolved
+    assert X.paired_rows(held, {0: good[0]}, {1: poor[1]}) == {}

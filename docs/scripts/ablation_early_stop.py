@@ -28,7 +28,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tasks.experiments import cell_scores, heldout_label_sets, load_cells, paired_seed_bootstrap  # noqa: E402
+from tasks.experiments import load_cells, paired_rows, row_scores  # noqa: E402
 
 MAIN = REPO / "docs" / "experiments"
 ABL = MAIN / "ablations" / "epochs-5"
@@ -53,9 +53,7 @@ def _read(out: Path) -> tuple:
 
 def seeds_of(out: Path, method: str, noise: str) -> dict[int, np.ndarray]:
     """seed -> held-out scores (in heldout.parquet's order) of the SE-ResNet cells at ``noise``."""
-    held, cells = _read(out)
-    return {int(c["cell"]["seed"]): cell_scores(out, c, held) for c in cells
-            if c["cell"]["method"] == method and c["cell"]["noise"] == noise and c["network"] == "complex"}
+    return row_scores(out, method, noise, "complex", *_read(out))
 
 
 def main(argv=None) -> int:
@@ -66,22 +64,13 @@ def main(argv=None) -> int:
     held = pd.read_parquet(MAIN / "heldout.parquet")
     if not held["stamp_id"].equals(pd.read_parquet(ABL / "heldout.parquet")["stamp_id"]):
         raise SystemExit(f"{ABL / 'heldout.parquet'}: not the held-out detections of {MAIN / 'heldout.parquet'}")
-    sets = heldout_label_sets(held)
     result = {"n_boot": a.n_boot, "noises": {}}
     print(f"{'A - B (metric)':62s} {'noise':10s} {'label':6s} {'A':>7s} {'B':>7s} {'A - B [95 %]':>28s}")
     for noise in sorted({c["cell"]["noise"] for c in _read(ABL)[1]}, key=lambda n: (n != "survey", n)):
         scores = {name: seeds_of(out, m, noise) for name, (out, m) in ROWS.items()}
         for na, nb in PAIRS:
-            common = sorted(set(scores[na]) & set(scores[nb]))
-            if not common:
-                continue
-            for lab, (keep, y, obj) in sets.items():
-                d = paired_seed_bootstrap(y[keep].astype(int), [scores[na][s][keep] for s in common],
-                                          [scores[nb][s][keep] for s in common],
-                                          groups_object=None if obj is None else obj[keep],
-                                          groups_image=held["image"].to_numpy(object)[keep], n_boot=a.n_boot)
-                result["noises"].setdefault(noise, {}).setdefault(na, {}).setdefault(nb, {})[lab] = \
-                    {**d, "seeds": common}
+            for lab, d in paired_rows(held, scores[na], scores[nb], a.n_boot).items():
+                result["noises"].setdefault(noise, {}).setdefault(na, {}).setdefault(nb, {})[lab] = d
                 for metric in ("fpr_at_tpr90", "auc"):
                     m = d[metric]
                     print(f"{na + ' - ' + nb + ' (' + metric + ')':62s} {noise:10s} {lab:6s} {m['value_a']:7.3f} "
