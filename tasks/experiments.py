@@ -513,6 +513,14 @@ class ExperimentContext:
     rerun: bool = False
     inputs: dict = field(default_factory=dict)  # content hashes of train/held-out/tns (filled by prepare)
 
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.reference_epochs is not None and self.reference_epochs < 1:
+            raise ValueError(f"reference_epochs must be None or >= 1, got {self.reference_epochs}")
+        if self.folds < 2:
+            raise ValueError(f"folds must be >= 2, got {self.folds}")
+
     def network_for(self, method: Method) -> str:
         if method.kind == "rf":
             return "rf"

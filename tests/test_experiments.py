@@ -197,6 +197,8 @@ def test_reference_epochs_plant_another_runs_tail_flips(tiny):
     tail, uniform = X.Cell("complex-all", "tail-0.10", 0), X.Cell("complex-all", "uniform-0.10", 0)
     assert X.cell_key(tail, pinned) != X.cell_key(tail, longer)
     assert X.cell_key(uniform, pinned) == X.cell_key(uniform, longer)
+    with pytest.raises(ValueError, match="reference_epochs must be None or >= 1"):
+        replace(ctx, reference_epochs=0)
     same = replace(ctx, reference_epochs=ctx.epochs)  # naming the default changes nothing
     assert X.cell_key(tail, same) == X.cell_key(tail, ctx) and X.stage1_dir(same, noise, 0) == X.stage1_dir(ctx, noise, 0)
 
