@@ -46,12 +46,11 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, help="write the result here")
     a = ap.parse_args(argv)
     rows = [parse_row(a.a), parse_row(a.b)]
-    held = pd.read_parquet(rows[0][0] / "heldout.parquet")
-    other = pd.read_parquet(rows[1][0] / "heldout.parquet")
+    reads = {out: (pd.read_parquet(out / "heldout.parquet"), load_cells(out)) for out, _, _ in rows}
+    held, other = reads[rows[0][0]][0], reads[rows[1][0]][0]
     if not held["stamp_id"].equals(other["stamp_id"]):
         raise SystemExit(f"{rows[1][0] / 'heldout.parquet'}: not the held-out detections of "
                          f"{rows[0][0] / 'heldout.parquet'}")
-    reads = {out: (pd.read_parquet(out / "heldout.parquet"), load_cells(out)) for out, _, _ in rows}
     result = {"a": a.a, "b": a.b, "n_boot": a.n_boot, "noises": {}}
     print(f"A = {a.a}\nB = {a.b}\n{'noise':12s} {'label':6s} {'metric':13s} {'A':>7s} {'B':>7s} "
           f"{'A - B [95 %]':>28s}  seeds")
