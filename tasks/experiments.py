@@ -584,8 +584,9 @@ def reference_scores(ctx: ExperimentContext) -> pd.Series:
     ``reference_epochs`` (default ``epochs``): a run with other ``epochs`` can so plant the same
     tail flips as the run it is compared with."""
     from dataclasses import replace
-    if ctx.reference_epochs not in (None, ctx.epochs):
-        ctx = replace(ctx, epochs=ctx.reference_epochs)
+    ref = ctx.reference()
+    if "reference_epochs" in ref:
+        ctx = replace(ctx, epochs=ref["reference_epochs"])
     r = run_stage1(ctx, Noise(), ctx.reference_seed)
     un = pd.read_parquet(r["unlabel"])
     return pd.Series(un["oof_prob"].to_numpy(float), index=un["stamp_id"].to_numpy())
@@ -971,16 +972,23 @@ def row_scores(out: str | Path, method: str, noise: str, network: str, held: pd.
 
 
 def paired_rows(held: pd.DataFrame, a: dict[int, np.ndarray], b: dict[int, np.ndarray],
-                n_boot: int = 1000) -> dict[str, dict]:
+                n_boot: int = 1000, labels: Sequence[str] = ("tns", "truth"), sets: dict | None = None
+                ) -> dict[str, dict]:
     """Two rows' seed-averaged difference (A - B) against TNS and against truth, over the seeds
     both have, paired over the held-out detections (``paired_seed_bootstrap``):
-    ``{"tns" | "truth": {auc, fpr_at_tpr90, ..., seeds}}``, empty when no seed is shared."""
+    ``{"tns" | "truth": {auc, fpr_at_tpr90, ..., seeds}}``. A label set is left out where no seed
+    is shared, ``n_boot`` is 0 or the set lacks a class. ``sets``: ``heldout_label_sets(held)``,
+    when the caller has it."""
     common = sorted(set(a) & set(b))
-    if not common:
+    if not common or not n_boot:
         return {}
+    sets = heldout_label_sets(held) if sets is None else sets
     image = held["image"].to_numpy(object)
     res = {}
-    for lab, (keep, y, obj) in heldout_label_sets(held).items():
+    for lab in labels:
+        keep, y, obj = sets[lab]
+        if not keep.sum() or len(np.unique(y[keep])) != 2:
+            continue
         d = paired_seed_bootstrap(y[keep].astype(int), [a[s][keep] for s in common], [b[s][keep] for s in common],
                                   groups_object=None if obj is None else obj[keep], groups_image=image[keep],
                                   n_boot=n_boot)
@@ -1012,15 +1020,9 @@ def summarize(out: str | Path, *, n_boot: int = 1000, baseline: str = BASELINE) 
 
     def paired(seeds_a: dict, seeds_b: dict, lab: str) -> dict | None:
         """Paired seed-averaged bootstrap difference A - B over the seeds both have."""
-        common = sorted(set(seeds_a) & set(seeds_b))
-        keep, y, obj = label_sets[lab]
-        if not common or not n_boot or not keep.sum() or len(np.unique(y[keep])) != 2:
-            return None
-        d = paired_seed_bootstrap(
-            y[keep].astype(int), [sc(seeds_a[s])[keep] for s in common], [sc(seeds_b[s])[keep] for s in common],
-            groups_object=None if obj is None else obj[keep], groups_image=held["image"].to_numpy(object)[keep],
-            n_boot=n_boot)
-        return {**d, "seeds": common}
+        common = set(seeds_a) & set(seeds_b)
+        return paired_rows(held, {s: sc(seeds_a[s]) for s in common}, {s: sc(seeds_b[s]) for s in common},
+                           n_boot, labels=(lab,), sets=label_sets).get(lab)
 
     rows = []
     own = {m: mm.network for m, mm in METHODS.items()}  # each row's own network
