@@ -23,6 +23,7 @@ heldout_task = task(X.heldout_table, name="experiments-heldout", cache_policy=NO
 stage1_task = task(X.run_stage1, name="experiments-stage1", cache_policy=NO_CACHE)
 cell_task = task(X.run_cell, name="experiments-cell", cache_policy=NO_CACHE)
 summary_task = task(X.summarize, name="experiments-summary", cache_policy=NO_CACHE)
+rescore_task = task(X.rescore_cell, name="experiments-rescore", cache_policy=NO_CACHE)
 
 
 def _nights(n: int, start: str = DEFAULT_NIGHT) -> list[str]:
@@ -80,6 +81,8 @@ def experiments(options: ExperimentsOptions) -> dict:
     ctx = context_for(options)
     heldout_task(ctx)
     log.info("grid %s: %d cells; train %s; held-out %s", grid, len(cells), ctx.train_dirs, ctx.heldout_dirs)
+    if options.rescore_from is not None:  # trains nothing, the tails' reference included
+        return rescore(cells, ctx, options.rescore_from)
     if any(X.Noise.parse(c.noise).model == "tail" for c in cells):  # the tails' reference scores first
         stage1_task.with_options(task_run_name=f"stage1-survey-s{ctx.reference_seed}")(ctx, X.Noise(),
                                                                                         ctx.reference_seed)
@@ -108,6 +111,36 @@ def experiments(options: ExperimentsOptions) -> dict:
             "summary": str(Path(ctx.out) / "summary.json"), "n_rows": len(summary["rows"])}
 
 
+def rescore(cells: list, ctx: X.ExperimentContext, source: Path) -> dict:
+    """--rescore-from: one task per source cell whose model can be scored on ctx's held-out nights
+    (the others are listed as skipped, with why), then the summary of ctx.out."""
+    log = get_run_logger()
+    want = {(c.method, c.noise, c.seed) for c in cells}
+    recs = [r for r in X.load_cells(source) if (r["cell"]["method"], r["cell"]["noise"], r["cell"]["seed"]) in want
+            and r["network"] == ctx.network_for(X.METHODS[r["cell"]["method"]])]
+    ran, cached, skipped, failed = 0, 0, [], []
+    for i, rec in enumerate(recs):
+        name = X.record_name(rec)
+        why = X.why_not_rescorable(rec, ctx)
+        if why:
+            log.warning("rescore: skipped %s: %s", name, why)
+            skipped.append({"cell": name, "why": why})
+            continue
+        try:
+            r = rescore_task.with_options(task_run_name=f"rescore-{name}")(rec, ctx)
+        except Exception as e:  # logged, not cached; the others go on
+            log.error("rescore of %s failed: %s: %s", name, type(e).__name__, e)
+            failed.append({"cell": name, "error": f"{type(e).__name__}: {e}"})
+            continue
+        cached, ran = cached + r["cached"], ran + (not r["cached"])
+        print(f"[{i + 1}/{len(recs)}] rescored {name}: AUC {r['metrics'].get('auc')} | truth AUC "
+              f"{(r.get('truth') or {}).get('auc')}{' (cached)' if r['cached'] else ''}")
+    summary = summary_task(ctx.out, n_boot=max(ctx.n_boot, 200))
+    return {"grid": f"rescore of {source}", "cells": len(recs), "ran": ran, "cached": cached, "failed": failed,
+            "skipped": skipped, "out": ctx.out, "summary": str(Path(ctx.out) / "summary.json"),
+            "n_rows": len(summary["rows"])}
+
+
 def run_experiments(options: ExperimentsOptions) -> dict:
     import json
     import shlex
@@ -121,5 +154,6 @@ def run_experiments(options: ExperimentsOptions) -> dict:
                              "options": options.model_dump(mode="json")}) + "\n")
     r = experiments(options)
     print(f"experiments ({r['grid']}): {r['cells']} cells, {r['ran']} run, {r['cached']} cached, "
-          f"{len(r['failed'])} failed -> {r['summary']}")
+          f"{len(r['failed'])} failed" + (f", {len(r['skipped'])} skipped" if "skipped" in r else "")
+          + f" -> {r['summary']}")
     return r

@@ -197,6 +197,7 @@ class ExperimentsOptions(FlowOptions):
     work: Path = Field(Path("runs/experiments"), description="Working directory: derived noisy datasets, stage-1 dirs, models.")
     rerun: bool = Field(False, description="Ignore cached cells and run them again.")
     seed: int = Field(0, ge=0, description="Seed of the --preset simulation and injections.")
+    rescore_from: Path | None = Field(None, description="Train nothing: score the saved models of this OUT's cells (those --methods/--noises/--seeds pick, trained on --train, their models still in their WORK) on --heldout, validated against --tns, into --out (records name their source in rescored_from).")
 
     @model_validator(mode="after")
     def _inputs(self):
@@ -204,4 +205,6 @@ class ExperimentsOptions(FlowOptions):
             raise ValueError("give --train, --heldout and --tns, or --preset")
         if self.preset is not None and (self.train or self.heldout):
             raise ValueError("give either --preset or --train/--heldout, not both")
+        if self.rescore_from is not None and Path(self.rescore_from).resolve() == Path(self.out).resolve():
+            raise ValueError(f"rescore_from: {self.rescore_from} is --out itself; rescored cells go to another OUT")
         return self

@@ -334,3 +334,49 @@ def test_paired_rows_pairs_the_shared_seeds_over_both_label_sets():
     assert d["seeds"] == [1, 2]  # only the seeds both rows have
     assert d["auc"]["diff_ci"][0] > 0 and d["fpr_at_tpr90"]["diff_ci"][1] < 0  # A is better, resolved
     assert X.paired_rows(held, {0: good[0]}, {1: poor[1]}) == {}
+
+
+def test_rescoring_a_trained_cell_scores_its_own_model_on_another_night(tiny):
+    """--rescore-from: the same model scored on another held-out night without training again.
+    Rescored on the night it was trained for, it gives the cell's own scores bit for bit; on a
+    new night its scores are the model's there, its record keeps the source's training and names
+    its source; a row that keeps no model is refused with why."""
+    from flows.options import ExperimentsOptions
+    from models.scoring import score_dataset
+    d, ctx, _ = tiny
+    src = X.run_cell(X.Cell("simple-all", "uniform-0.05", 0), ctx)
+    rf = X.run_cell(X.Cell("rf-sep", "uniform-0.05", 0), ctx)
+    te = make_stamp_set(200, flip=0.0, snr=(15.0, 60.0), seed=8, night="2026-01-07", n_images=6)
+    write_dataset(d / "held2", te.stamps, te.table, {"seed": 8})
+    _tns_for(te.table).to_csv(d / "tns2.csv", index=False)
+    other = X.prepare_context(replace(ctx, heldout_dirs=(str(d / "held2"),), tns=str(d / "tns2.csv"),
+                                      out=str(d / "out-rescored")))
+    X.heldout_table(other)
+    r = X.rescore_cell(src, other)
+    assert not r["cached"] and r["key"] != src["key"] and r["key"] == X.rescore_key(src, other)
+    assert r["rescored_from"]["key"] == src["key"] and r["info"] == src["info"] and r["train"] == src["train"]
+    assert r["inputs"]["train"] == src["inputs"]["train"] and r["inputs"]["heldout"] != src["inputs"]["heldout"]
+    assert r["counts"]["n_detections"] == 200 and r["heldout_dirs"] == [str(d / "held2")]
+    got = pd.read_parquet(d / "out-rescored" / "scores" / f"{src['name']}.parquet")
+    want = score_dataset(src["info"]["model"], d / "held2", batch_size=128)
+    assert len(got) == 200 and np.allclose(got["score"].to_numpy(), want, atol=1e-6)
+    p = d / "out-rescored" / "cells" / f"{src['name']}.json"
+    mtime = p.stat().st_mtime_ns
+    assert X.rescore_cell(src, other)["cached"] and p.stat().st_mtime_ns == mtime
+    home = replace(ctx, out=str(d / "out-rescored-home"))  # the night it was scored on when trained
+    X.heldout_table(home)
+    h = X.rescore_cell(src, home)
+    a = pd.read_parquet(d / "out" / "scores" / f"{src['name']}.parquet")
+    b = pd.read_parquet(d / "out-rescored-home" / "scores" / f"{src['name']}.parquet")
+    assert a["stamp_id"].tolist() == b["stamp_id"].tolist() and np.array_equal(a["score"], b["score"])
+    assert h["metrics"]["auc"] == src["metrics"]["auc"] and h["truth"]["auc"] == src["truth"]["auc"]
+    assert "keeps no model" in X.why_not_rescorable(rf, other)
+    with pytest.raises(ValueError, match="rf-sep__uniform-0.05__s0: cannot rescore: it keeps no model"):
+        X.rescore_cell(rf, other)
+    elsewhere = X.prepare_context(replace(other, train_dirs=(str(d / "held"),)))
+    assert "trained on other nights" in X.why_not_rescorable(src, elsewhere)
+    s = X.summarize(other.out, n_boot=0)
+    assert [(row["method"], row["noise"]) for row in s["rows"]] == [("simple-all", "uniform-0.05")]
+    with pytest.raises(ValueError, match="rescore_from: .* is --out itself"):
+        ExperimentsOptions(train=[d / "train"], heldout=[d / "held2"], tns=d / "tns2.csv", out=d / "o",
+                           rescore_from=d / "o")

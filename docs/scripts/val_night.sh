@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The held-out night of the `val` preset (docs/experiments/reading.md, "The val night"): one
+# night of the `val` survey (raised event and artifact rates, 1024x1024 sensors), simulated and
+# built without injections, its labels from the val survey's TNS list. Half the preset's sensors
+# by default (SENSORS=2 of 4 per field: 64 fields x 2 sensors x 2 visits = 256 images); SENSORS=4
+# builds the whole night (~50 min on 2 idle cores, docs/validation.md). Run from the repository
+# root; it writes under runs/ (git ignores it) and resumes where it stopped.
+set -euo pipefail
+export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false RBFLOW_NO_PROGRESS=1
+export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-SkylakeX}
+OUT=${1:-runs/exp/val}
+NIGHT=${NIGHT:-2026-01-08}
+R=.venv/bin/rbflow
+$R simulate --preset val --night $NIGHT --seed 0 --max-sensors ${SENSORS:-2} --out $OUT/survey
+$R build --manifest $OUT/survey/manifest.csv --night $NIGHT --no-inject --out $OUT/held-$NIGHT --seed 0
