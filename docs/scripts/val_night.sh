@@ -3,7 +3,7 @@
 # night of the `val` survey (raised event and artifact rates, 1024x1024 sensors), simulated and
 # built without injections, its labels from the val survey's TNS list. Half the preset's sensors
 # by default (SENSORS=2 of 4 per field: 64 fields x 2 sensors x 2 visits = 256 images); SENSORS=4
-# builds the whole night (~50 min on 2 idle cores, docs/validation.md). Run from the repository
+# builds the whole night (the half took 15 min on the 2 cores beside a training, so ~30 min). Run from the repository
 # root; it writes under runs/ (git ignores it) and resumes where it stopped.
 set -euo pipefail
 export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false RBFLOW_NO_PROGRESS=1
