@@ -97,7 +97,8 @@ def fpr_plot(summary: dict, out: Path) -> list[Path]:
                 pts.sort()
                 x, y, e = map(np.array, zip(*pts))
                 jitter = (k - (len(methods) - 1) / 2) * 0.08  # side by side, so the error bars stay apart
-                ax.errorbar(x * 100 + jitter, y, yerr=e, marker="o", capsize=3, label=label(*m))
+                ax.errorbar(x * 100 + jitter, y, yerr=e, marker="o", capsize=3, label=label(*m),
+                            color=f"C{k % 10}")  # one colour per method in both panels
             ax.set_xlabel(f"planted {model} flips (% of each class; 0 = the survey's own errors only)")
             ax.set_title(f"{model} flips")
             ax.grid(alpha=0.3)
