@@ -105,8 +105,7 @@ def experiments(options: ExperimentsOptions) -> dict:
               f"{t.get('auc')} FPR@0.9 {t.get('fpr_at_tpr90')} ({'cached' if rec.get('cached') else f'{time.perf_counter() - t0:.0f} s'})")
         done.append(name)
     summary = summary_task(ctx.out, n_boot=max(options.n_boot, 200))
-    if failed:
-        (Path(ctx.out) / "failed.json").write_text(__import__("json").dumps(failed, indent=1))
+    X.write_failures(ctx.out, failed)
     return {"grid": grid, "cells": len(cells), "ran": ran, "cached": len(done) - ran, "failed": failed, "out": ctx.out,
             "summary": str(Path(ctx.out) / "summary.json"), "n_rows": len(summary["rows"])}
 
@@ -115,17 +114,12 @@ def rescore(cells: list, ctx: X.ExperimentContext, source: Path) -> dict:
     """--rescore-from: one task per source cell whose model can be scored on ctx's held-out nights
     (the others are listed as skipped, with why), then the summary of ctx.out."""
     log = get_run_logger()
-    want = {(c.method, c.noise, c.seed) for c in cells}
-    recs = [r for r in X.load_cells(source) if (r["cell"]["method"], r["cell"]["noise"], r["cell"]["seed"]) in want
-            and r["network"] == ctx.network_for(X.METHODS[r["cell"]["method"]])]
-    ran, cached, skipped, failed = 0, 0, [], []
-    for i, rec in enumerate(recs):
+    plan = X.rescore_plan(source, cells, ctx)
+    for s in plan.skipped:
+        log.warning("rescore: skipped %s: %s", s["cell"], s["why"])
+    ran, cached, failed = 0, 0, []
+    for i, rec in enumerate(plan.records):
         name = X.record_name(rec)
-        why = X.why_not_rescorable(rec, ctx)
-        if why:
-            log.warning("rescore: skipped %s: %s", name, why)
-            skipped.append({"cell": name, "why": why})
-            continue
         try:
             r = rescore_task.with_options(task_run_name=f"rescore-{name}")(rec, ctx)
         except Exception as e:  # logged, not cached; the others go on
@@ -133,11 +127,12 @@ def rescore(cells: list, ctx: X.ExperimentContext, source: Path) -> dict:
             failed.append({"cell": name, "error": f"{type(e).__name__}: {e}"})
             continue
         cached, ran = cached + r["cached"], ran + (not r["cached"])
-        print(f"[{i + 1}/{len(recs)}] rescored {name}: AUC {r['metrics'].get('auc')} | truth AUC "
+        print(f"[{i + 1}/{len(plan.records)}] rescored {name}: AUC {r['metrics'].get('auc')} | truth AUC "
               f"{(r.get('truth') or {}).get('auc')}{' (cached)' if r['cached'] else ''}")
     summary = summary_task(ctx.out, n_boot=max(ctx.n_boot, 200))
-    return {"grid": f"rescore of {source}", "cells": len(recs), "ran": ran, "cached": cached, "failed": failed,
-            "skipped": skipped, "out": ctx.out, "summary": str(Path(ctx.out) / "summary.json"),
+    X.write_failures(ctx.out, failed)
+    return {"grid": f"rescore of {source}", "cells": len(plan.records), "ran": ran, "cached": cached,
+            "failed": failed, "skipped": plan.skipped, "out": ctx.out, "summary": str(Path(ctx.out) / "summary.json"),
             "n_rows": len(summary["rows"])}
 
 

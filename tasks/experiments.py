@@ -912,6 +912,43 @@ def why_not_rescorable(rec: dict, ctx: ExperimentContext) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class RescorePlan:
+    """What ``--rescore-from`` does with a source OUT: the records whose models it scores, and
+    the others that the cells picked, each with why it is skipped."""
+
+    records: list  # cell records (dicts) of the source, in its order
+    skipped: list  # {"cell": name, "why": reason}
+
+
+def rescore_plan(source: str | Path, cells: Sequence[Cell], ctx: ExperimentContext) -> RescorePlan:
+    """The records of the source OUT that ``cells`` pick (same method, noise and seed, trained on
+    the network ``ctx`` gives the method), split into those ``rescore_cell`` can score on
+    ``ctx``'s held-out nights and those it cannot (``why_not_rescorable``)."""
+    want = {(c.method, c.noise, c.seed) for c in cells}
+    picked = [r for r in load_cells(source) if (r["cell"]["method"], r["cell"]["noise"], r["cell"]["seed"]) in want
+              and r["network"] == ctx.network_for(METHODS[r["cell"]["method"]])]
+    records, skipped = [], []
+    for r in picked:
+        why = why_not_rescorable(r, ctx)
+        if why:
+            skipped.append({"cell": record_name(r), "why": why})
+        else:
+            records.append(r)
+    return RescorePlan(records=records, skipped=skipped)
+
+
+def write_failures(out: str | Path, failed: list[dict], name: str = "failed.json") -> Path | None:
+    """The cells that failed in a run (``{"cell", "error"}`` each) to OUT/failed.json, where a
+    survey team looks after a grid: failed cells are not cached, so a rerun tries them again.
+    Nothing is written when none failed (an earlier run's list stays until it is removed)."""
+    if not failed:
+        return None
+    path = Path(out) / name
+    _write_json(path, {"failed": failed, "written": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return path
+
+
 def rescore_cell(rec: dict, ctx: ExperimentContext) -> dict:
     """Score a trained cell's model (``rec`` from another OUT) on ``ctx``'s held-out nights without
     training it again, and validate it against ``ctx.tns``: the same model on another night. The

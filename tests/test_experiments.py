@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -375,8 +376,46 @@ def test_rescoring_a_trained_cell_scores_its_own_model_on_another_night(tiny):
         X.rescore_cell(rf, other)
     elsewhere = X.prepare_context(replace(other, train_dirs=(str(d / "held"),)))
     assert "trained on other nights" in X.why_not_rescorable(src, elsewhere)
+    # The flow's plan: the picked records it can score, the others skipped with why.
+    cells = [X.Cell("simple-all", "uniform-0.05", 0), X.Cell("rf-sep", "uniform-0.05", 0)]
+    plan = X.rescore_plan(ctx.out, cells, other)
+    assert [r["key"] for r in plan.records] == [src["key"]]
+    assert plan.skipped == [{"cell": "rf-sep__uniform-0.05__s0", "why": X.why_not_rescorable(rf, other)}]
+    assert X.rescore_plan(ctx.out, [X.Cell("simple-all", "uniform-0.05", 1)], other).records == []
+    gone = X.rescore_plan(ctx.out, cells[:1], elsewhere)
+    assert gone.records == [] and "other nights" in gone.skipped[0]["why"]
+    assert X.write_failures(other.out, []) is None and not (Path(other.out) / "failed.json").exists()
+    f = X.write_failures(other.out, [{"cell": "x", "error": "ValueError: boom"}])
+    assert json.loads(f.read_text())["failed"] == [{"cell": "x", "error": "ValueError: boom"}]
     s = X.summarize(other.out, n_boot=0)
     assert [(row["method"], row["noise"]) for row in s["rows"]] == [("simple-all", "uniform-0.05")]
     with pytest.raises(ValueError, match="rescore_from: .* is --out itself"):
         ExperimentsOptions(train=[d / "train"], heldout=[d / "held2"], tns=d / "tns2.csv", out=d / "o",
                            rescore_from=d / "o")
+
+
+def test_the_flow_runs_a_cell_then_rescores_it_and_lists_what_it_skipped(tiny, prefect_harness):
+    """The `experiments` flow end to end on a real (temporary) Prefect server: one cell trained
+    and cached, then --rescore-from scores its model on another night and skips the random
+    forest (no model) with why; a second run finds everything cached."""
+    from flows.experiments import experiments
+    from flows.options import ExperimentsOptions
+    d, ctx, _ = tiny
+    common = dict(train=[d / "train"], heldout=[d / "held"], tns=d / "tns.csv", folds=2, epochs=1, batch_size=64,
+                  patience=1, device="cpu", n_boot=0, threads=1, rf_trees=40, noises=["uniform-0.10"], seeds=[0],
+                  work=d / "fwork")
+    r = experiments(ExperimentsOptions(**common, methods=["simple-all", "rf-sep"], out=d / "fout"))
+    assert (r["cells"], r["ran"], r["failed"]) == (2, 2, [])
+    assert not (d / "fout" / "failed.json").exists()
+    te = make_stamp_set(120, flip=0.0, snr=(15.0, 60.0), seed=9, night="2026-01-07", n_images=4)
+    write_dataset(d / "fheld2", te.stamps, te.table, {"seed": 9})
+    _tns_for(te.table).to_csv(d / "ftns2.csv", index=False)
+    again = {**common, "heldout": [d / "fheld2"], "tns": d / "ftns2.csv"}
+    r = experiments(ExperimentsOptions(**again, methods=["simple-all", "rf-sep"], out=d / "fout2",
+                                       rescore_from=d / "fout"))
+    assert (r["cells"], r["ran"], r["cached"], r["failed"]) == (1, 1, 0, [])
+    assert [s["cell"] for s in r["skipped"]] == ["rf-sep__uniform-0.10__s0"]
+    rec = json.loads((d / "fout2" / "cells" / "simple-all__uniform-0.10__s0.json").read_text())
+    assert rec["counts"]["n_detections"] == 120 and rec["rescored_from"]["heldout_dirs"] == [str(d / "held")]
+    r = experiments(ExperimentsOptions(**again, methods=["simple-all"], out=d / "fout2", rescore_from=d / "fout"))
+    assert (r["ran"], r["cached"]) == (0, 1)

@@ -6,7 +6,9 @@
 # other bits (reading.md, "The nights were rebuilt again on 2026-12-06").
 set -euo pipefail
 export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false RBFLOW_NO_PROGRESS=1
-export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-SkylakeX}
+# Forced, not defaulted: a machine may export another (these machines export Haswell, which gives
+# 75197ab0 / 024b107e for the training nights; checked 2026-12-07).
+export OPENBLAS_CORETYPE=SkylakeX
 OUT=${1:-runs/exp}
 R=.venv/bin/rbflow
 for N in 2026-01-05 2026-01-06 2026-01-07; do

@@ -7,7 +7,10 @@
 # root; it writes under runs/ (git ignores it) and resumes where it stopped.
 set -euo pipefail
 export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false RBFLOW_NO_PROGRESS=1
-export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-SkylakeX}
+# The committed val night (content hash 1f69cfc0, docs/experiments/val-night/) was built with
+# OpenBLAS's Haswell kernels (its dataset.json, `environment`): forced here so that the script
+# rebuilds that night; SkylakeX kernels give other bits (reading.md, "The nights were rebuilt").
+export OPENBLAS_CORETYPE=Haswell
 OUT=${1:-runs/exp/val}
 NIGHT=${NIGHT:-2026-01-08}
 R=.venv/bin/rbflow
