@@ -8,7 +8,9 @@
 # SEEDS="1" NOISES="uniform-0.01" SCALES="6 18" adds a seed where it is cheap).
 # Each scale writes its own OUT (docs/experiments/flag-scale/nNN/flagging/*.json) and trains
 # one cheap removed cell per noise (on Simple: --network simple names it complex-removed__on-simple), scored on the experiments' held-out night.
-# Run from the repository root; it resumes where it stopped (cells and stage 1 are cached).
+# Needs the experiments' held-out night (docs/scripts/experiment_nights.sh) and, for the last
+# step, the val night (docs/scripts/val_night.sh; skipped without it). Run from the repository
+# root; it resumes where it stopped (cells and stage 1 are cached).
 set -euo pipefail
 export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false RBFLOW_NO_PROGRESS=1
 # SkylakeX (AVX-512) kernels, forced: this machine exports OPENBLAS_CORETYPE=Haswell, under which
