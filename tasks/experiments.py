@@ -938,13 +938,13 @@ def rescore_plan(source: str | Path, cells: Sequence[Cell], ctx: ExperimentConte
     return RescorePlan(records=records, skipped=skipped)
 
 
-def write_failures(out: str | Path, failed: list[dict], name: str = "failed.json") -> Path | None:
+def write_failures(out: str | Path, failed: list[dict]) -> Path | None:
     """The cells that failed in a run (``{"cell", "error"}`` each) to OUT/failed.json, where a
     survey team looks after a grid: failed cells are not cached, so a rerun tries them again.
     Nothing is written when none failed (an earlier run's list stays until it is removed)."""
     if not failed:
         return None
-    path = Path(out) / name
+    path = Path(out) / "failed.json"
     _write_json(path, {"failed": failed, "written": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return path
 
