@@ -938,14 +938,20 @@ def rescore_plan(source: str | Path, cells: Sequence[Cell], ctx: ExperimentConte
     return RescorePlan(records=records, skipped=skipped)
 
 
-def write_failures(out: str | Path, failed: list[dict]) -> Path | None:
-    """The cells that failed in a run (``{"cell", "error"}`` each) to OUT/failed.json, where a
-    survey team looks after a grid: failed cells are not cached, so a rerun tries them again.
-    Nothing is written when none failed (an earlier run's list stays until it is removed)."""
-    if not failed:
-        return None
+def write_failures(out: str | Path, failed: list[dict], settled: list[str] | tuple = ()) -> Path | None:
+    """Merge a run's failed cells (``{"cell", "error"}`` each) into OUT/failed.json, where a survey
+    team looks after a grid: failed cells are not cached, so a rerun tries them again. The merge is
+    per cell: a cell in ``settled`` (written or found cached by this run) leaves the list, a cell
+    that failed again takes its new error, and cells this run did not pick keep their entry. The
+    file is removed once nothing is left in it; the path, or None when there is no list."""
     path = Path(out) / "failed.json"
-    _write_json(path, {"failed": failed, "written": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    old = json.loads(path.read_text()).get("failed", []) if path.exists() else []
+    gone = set(settled) | {f["cell"] for f in failed}
+    merged = [f for f in old if f["cell"] not in gone] + list(failed)
+    if not merged:
+        path.unlink(missing_ok=True)
+        return None
+    _write_json(path, {"failed": merged, "written": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return path
 
 

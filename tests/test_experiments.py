@@ -385,8 +385,15 @@ def test_rescoring_a_trained_cell_scores_its_own_model_on_another_night(tiny):
     gone = X.rescore_plan(ctx.out, cells[:1], elsewhere)
     assert gone.records == [] and "other nights" in gone.skipped[0]["why"]
     assert X.write_failures(other.out, []) is None and not (Path(other.out) / "failed.json").exists()
-    f = X.write_failures(other.out, [{"cell": "x", "error": "ValueError: boom"}])
-    assert json.loads(f.read_text())["failed"] == [{"cell": "x", "error": "ValueError: boom"}]
+    f = X.write_failures(other.out, [{"cell": "x", "error": "ValueError: boom"}, {"cell": "y", "error": "E: 1"}])
+    assert [e["cell"] for e in json.loads(f.read_text())["failed"]] == ["x", "y"]
+    # Merged per cell: y fails again with a new error, z is new, x (not picked this time) stays.
+    X.write_failures(other.out, [{"cell": "y", "error": "E: 2"}, {"cell": "z", "error": "E: 3"}])
+    assert json.loads(f.read_text())["failed"] == [{"cell": "x", "error": "ValueError: boom"},
+                                                   {"cell": "y", "error": "E: 2"}, {"cell": "z", "error": "E: 3"}]
+    X.write_failures(other.out, [], settled=["y", "z"])  # a later run wrote them: they leave the list
+    assert [e["cell"] for e in json.loads(f.read_text())["failed"]] == ["x"]
+    assert X.write_failures(other.out, [], settled=["x"]) is None and not f.exists()  # nothing left: removed
     s = X.summarize(other.out, n_boot=0)
     assert [(row["method"], row["noise"]) for row in s["rows"]] == [("simple-all", "uniform-0.05")]
     with pytest.raises(ValueError, match="rescore_from: .* is --out itself"):
@@ -417,5 +424,8 @@ def test_the_flow_runs_a_cell_then_rescores_it_and_lists_what_it_skipped(tiny, p
     assert [s["cell"] for s in r["skipped"]] == ["rf-sep__uniform-0.10__s0"]
     rec = json.loads((d / "fout2" / "cells" / "simple-all__uniform-0.10__s0.json").read_text())
     assert rec["counts"]["n_detections"] == 120 and rec["rescored_from"]["heldout_dirs"] == [str(d / "held")]
+    # An earlier run's failure of this cell (planted) leaves failed.json once a run settles it.
+    X.write_failures(d / "fout2", [{"cell": "simple-all__uniform-0.10__s0", "error": "RuntimeError: earlier"}])
     r = experiments(ExperimentsOptions(**again, methods=["simple-all"], out=d / "fout2", rescore_from=d / "fout"))
     assert (r["ran"], r["cached"]) == (0, 1)
+    assert not (d / "fout2" / "failed.json").exists()
