@@ -11,12 +11,18 @@
 # Needs the experiments' held-out night (docs/scripts/experiment_nights.sh) and, for the last
 # step, the val night (docs/scripts/val_night.sh; skipped without it). Run from the repository
 # root; it resumes where it stopped (cells and stage 1 are cached).
+# STAGE1=complex trains the stage-1 folds on the SE-ResNet instead of Simple (the stand-in the
+# issue allows on 2 cores), into docs/experiments/flag-scale/stage1-complex/ (~18 min per noise
+# on 2 nights), e.g. STAGE1=complex SCALES=2 NOISES="uniform-0.01 survey" bash docs/scripts/flag_scale.sh
 set -euo pipefail
 export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false RBFLOW_NO_PROGRESS=1
 # SkylakeX (AVX-512) kernels, forced: this machine exports OPENBLAS_CORETYPE=Haswell, under which
 # the two training nights hash 75197ab0/024b107e, not the experiments' 56f58a11/0f9e3d45.
 export OPENBLAS_CORETYPE=SkylakeX
 R=.venv/bin/rbflow
+STAGE1=${STAGE1:-simple}
+O=docs/experiments/flag-scale$([ "$STAGE1" = simple ] || echo /stage1-$STAGE1)
+W=runs/experiments-scale$([ "$STAGE1" = simple ] || echo /stage1-$STAGE1)
 S=${S:-runs/scale}
 NIGHTS=$(.venv/bin/python -c "import datetime as d; print(' '.join(str(d.date(2026,1,5)+d.timedelta(i)) for i in range(18)))")
 # One Prefect server for all the commands below (saves a temporary server's start per command).
@@ -32,8 +38,8 @@ for K in ${SCALES:-2 6 18}; do
   TRAIN=$(for N in $(echo $NIGHTS | cut -d' ' -f1-$K); do echo -n "$S/train-$N "; done)
   $R experiments --train $TRAIN --heldout runs/exp/held-2026-01-07 --tns runs/exp/survey/tns.csv \
     --methods complex-removed --noises ${NOISES:-survey uniform-0.01 tail-0.01} --seeds ${SEEDS:-0} \
-    --epochs 20 --patience 5 --folds 5 --n-boot 200 --device cpu --threads 2 \
-    --out docs/experiments/flag-scale/n$(printf %02d $K) --work runs/experiments-scale/n$(printf %02d $K)
+    --epochs 20 --patience 5 --folds 5 --n-boot 200 --device cpu --threads 2 --stage1-network $STAGE1 \
+    --out $O/n$(printf %02d $K) --work $W/n$(printf %02d $K)
 done
 # The removed cells' models scored on the val night too (docs/scripts/val_night.sh builds it;
 # 1,213 TNS reals against the ci night's 32): does more training data help the classifier?
@@ -43,8 +49,7 @@ if [ -f runs/exp/val/held-2026-01-08/dataset.json ]; then
     KK=n$(printf %02d $K)
     $R experiments --train $TRAIN --heldout runs/exp/val/held-2026-01-08 --tns runs/exp/val/survey/tns.csv \
       --methods complex-removed --noises ${NOISES:-survey uniform-0.01 tail-0.01} --seeds ${SEEDS:-0} \
-      --epochs 20 --patience 5 --folds 5 --n-boot 200 --device cpu --threads 2 \
-      --rescore-from docs/experiments/flag-scale/$KK --out docs/experiments/flag-scale/on-val-night/$KK \
-      --work runs/experiments-scale/$KK
+      --epochs 20 --patience 5 --folds 5 --n-boot 200 --device cpu --threads 2 --stage1-network $STAGE1 \
+      --rescore-from $O/$KK --out $O/on-val-night/$KK --work $W/$KK
   done
 fi
