@@ -78,7 +78,10 @@ def plot(rs: list[dict], path: Path) -> None:
         ax.set_title(f"{noise}: against the {'survey' + chr(39) + 's own errors' if target == 'own' else 'planted flips'}")
     axes[0].set_ylabel("precision (o) and recall (s), S/N > 10")
     axes[0].set_ylim(0, 1.02)
-    axes[-1].legend(fontsize=7, loc="lower right")
+    for ax in axes[::-1]:  # the legend on the rightmost panel that has lines
+        if ax.lines[1:]:
+            ax.legend(fontsize=7, loc="lower right")
+            break
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
