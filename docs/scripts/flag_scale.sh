@@ -12,7 +12,7 @@
 # step, the val night (docs/scripts/val_night.sh; skipped without it). Run from the repository
 # root; it resumes where it stopped (cells and stage 1 are cached).
 # STAGE1=complex trains the stage-1 folds on the SE-ResNet instead of Simple (the stand-in the
-# issue allows on 2 cores), into docs/experiments/flag-scale/stage1-complex/ (~18 min per noise
+# issue allows on 2 cores), into docs/experiments/flag-scale/stage1-complex/ (~9 min per noise
 # on 2 nights), e.g. STAGE1=complex SCALES=2 NOISES="uniform-0.01 survey" bash docs/scripts/flag_scale.sh
 set -euo pipefail
 export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false RBFLOW_NO_PROGRESS=1
