@@ -117,7 +117,7 @@ def rescore(cells: list, ctx: X.ExperimentContext, source: Path) -> dict:
     plan = X.rescore_plan(source, cells, ctx)
     for s in plan.skipped:
         log.warning("rescore: skipped %s: %s", s["cell"], s["why"])
-    ran, cached, failed, done = 0, 0, [], []
+    ran, failed, done = 0, [], []
     for i, rec in enumerate(plan.records):
         name = X.record_name(rec)
         try:
@@ -126,13 +126,13 @@ def rescore(cells: list, ctx: X.ExperimentContext, source: Path) -> dict:
             log.error("rescore of %s failed: %s: %s", name, type(e).__name__, e)
             failed.append({"cell": name, "error": f"{type(e).__name__}: {e}"})
             continue
-        cached, ran = cached + r["cached"], ran + (not r["cached"])
+        ran += not r["cached"]
         done.append(name)
         print(f"[{i + 1}/{len(plan.records)}] rescored {name}: AUC {r['metrics'].get('auc')} | truth AUC "
               f"{(r.get('truth') or {}).get('auc')}{' (cached)' if r['cached'] else ''}")
     summary = summary_task(ctx.out, n_boot=max(ctx.n_boot, 200))
     X.write_failures(ctx.out, failed, settled=done)
-    return {"grid": f"rescore of {source}", "cells": len(plan.records), "ran": ran, "cached": cached,
+    return {"grid": f"rescore of {source}", "cells": len(plan.records), "ran": ran, "cached": len(done) - ran,
             "failed": failed, "skipped": plan.skipped, "out": ctx.out, "summary": str(Path(ctx.out) / "summary.json"),
             "n_rows": len(summary["rows"])}
 
