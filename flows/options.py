@@ -40,7 +40,7 @@ class ClusterMixin(BaseModel):
 
 
 class SimulateOptions(FlowOptions, ClusterMixin):
-    preset: str = Field("ci", description="Survey preset: ci, tomoe, ztf, val (tasks/simulate.py).")
+    preset: str = Field("ci", description="Survey preset: ci, ci-quiet, tomoe, ztf, val (tasks/simulate.py).")
     night: str = Field(DEFAULT_NIGHT, description="Night to simulate, YYYY-MM-DD; its seed derives from (seed, night).")
     seed: int = Field(0, ge=0, description="Survey seed: the static sky derives from it, each night from (seed, night).")
     out: Path = Field(..., description="Survey directory to write (nights accumulate in one directory).")

@@ -68,6 +68,20 @@ def test_presets_name_the_surveys():
         assert cfg.ref_seeing < cfg.seeing_range[0] and cfg.ref_n_stack > 1
 
 
+def test_quiet_preset_cuts_only_the_real_events(sim):
+    """`ci-quiet` is `ci` with the real-event rates cut 6x (the flagging study's low own-error
+    survey): every other field equal, the same static sky, and fewer events on the same night."""
+    ci, quiet = PRESETS["ci"].model_dump(), PRESETS["ci-quiet"].model_dump()
+    rates = ("supernova_rate", "hostless_rate", "nuclear_rate", "variable_rate", "asteroid_rate")
+    assert {k for k in ci if ci[k] != quiet[k]} == {"name", "supernova_rate", "hostless_rate",
+                                                    "variable_rate", "asteroid_rate"}
+    assert sum(ci[k] for k in rates) == pytest.approx(6 * sum(quiet[k] for k in rates))
+    q = simulate_field_sensor(get_preset("ci-quiet"), NIGHT, 1, 2, seed=3)
+    pd.testing.assert_frame_equal(q.stars, sim.stars)  # static sky: its own seed stream
+    pd.testing.assert_frame_equal(q.catalog, sim.catalog)
+    assert len(q.events) < len(sim.events)
+
+
 # ------------------------------------------------------------------ structure and determinism
 
 

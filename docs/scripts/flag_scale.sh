@@ -14,6 +14,10 @@
 # STAGE1=complex trains the stage-1 folds on the SE-ResNet instead of Simple (the stand-in the
 # issue allows on 2 cores), into docs/experiments/flag-scale/stage1-complex/ (~9 min per noise
 # on 2 nights), e.g. STAGE1=complex SCALES=2 NOISES="uniform-0.01 survey" bash docs/scripts/flag_scale.sh
+# PRESET=ci-quiet simulates the training nights from the `ci-quiet` preset instead (`ci` with the
+# real-event rates cut 6x, so the survey's own label errors are near the paper's ~1 %) into
+# runs/scale-ci-quiet, OUT docs/experiments/flag-scale/ci-quiet/ (reading.md, "Flagging on a quiet
+# sky"); its removed cells are scored on the same held-out nights (of the `ci` and `val` surveys).
 set -euo pipefail
 export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false RBFLOW_NO_PROGRESS=1
 # SkylakeX (AVX-512) kernels, forced: this machine exports OPENBLAS_CORETYPE=Haswell, under which
@@ -21,9 +25,11 @@ export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false RBFLOW_NO_PROGRESS=
 export OPENBLAS_CORETYPE=SkylakeX
 R=.venv/bin/rbflow
 STAGE1=${STAGE1:-simple}
-O=docs/experiments/flag-scale$([ "$STAGE1" = simple ] || echo /stage1-$STAGE1)
-W=runs/experiments-scale$([ "$STAGE1" = simple ] || echo /stage1-$STAGE1)
-S=${S:-runs/scale}
+PRESET=${PRESET:-ci}
+SUB=$([ "$PRESET" = ci ] || echo /$PRESET)$([ "$STAGE1" = simple ] || echo /stage1-$STAGE1)
+O=docs/experiments/flag-scale$SUB
+W=runs/experiments-scale$SUB
+S=${S:-runs/scale$([ "$PRESET" = ci ] || echo -$PRESET)}
 NIGHTS=$(.venv/bin/python -c "import datetime as d; print(' '.join(str(d.date(2026,1,5)+d.timedelta(i)) for i in range(18)))")
 # One Prefect server for all the commands below (saves a temporary server's start per command).
 $R server start >/dev/null || $R server status
@@ -31,7 +37,7 @@ export PREFECT_API_URL=${PREFECT_API_URL:-http://127.0.0.1:4200/api}
 echo "server: $PREFECT_API_URL"
 for N in $NIGHTS; do
   [ -f $S/train-$N/dataset.json ] && continue
-  grep -q ",$N," $S/survey/manifest.csv 2>/dev/null || $R simulate --preset ci --night $N --seed 0 --out $S/survey --cluster threads
+  grep -q ",$N," $S/survey/manifest.csv 2>/dev/null || $R simulate --preset $PRESET --night $N --seed 0 --out $S/survey --cluster threads
   $R build --manifest $S/survey/manifest.csv --night $N --out $S/train-$N --seed 0
 done
 for K in ${SCALES:-2 6 18}; do

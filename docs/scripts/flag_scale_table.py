@@ -61,7 +61,8 @@ def plot(rs: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 3, figsize=(13, 4), sharey=True)
     for ax, (noise, target) in zip(axes, (("survey", "own"), ("uniform-0.01", "planted"), ("tail-0.01", "planted"))):
-        for (flagger, cut), style in {("cnn", 0.5): "C0", ("cnn+rf", 0.5): "C1", ("cnn+rf", 0.8): "C2"}.items():
+        for (flagger, cut), style in {("cnn", 0.5): "C0", ("cnn+rf", 0.5): "C1", ("cnn+rf", 0.8): "C2",
+                                           ("cnn+rf", 0.9): "C3"}.items():
             sel = sorted((r for r in rs if r["noise"] == noise and r["flagger"] == flagger and r["cut"] == cut
                           and r["seed"] == 0),
                          key=lambda r: r["nights"])
