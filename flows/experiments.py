@@ -68,7 +68,8 @@ def context_for(options: ExperimentsOptions) -> X.ExperimentContext:
         network=options.network, stage1_network=options.stage1_network, folds=options.folds,
         epochs=options.epochs, batch_size=options.batch_size, lr=options.lr, patience=options.patience,
         device=options.device, n_boot=options.n_boot, threads=options.threads, rf_trees=options.rf_trees,
-        reference_epochs=options.reference_epochs, rerun=options.rerun)
+        reference_epochs=options.reference_epochs, rerun=options.rerun, flagger=options.flagger,
+        flag_cut=options.flag_cut)
     return X.prepare_context(ctx)
 
 

@@ -197,6 +197,8 @@ class ExperimentsOptions(FlowOptions):
     work: Path = Field(Path("runs/experiments"), description="Working directory: derived noisy datasets, stage-1 dirs, models.")
     rerun: bool = Field(False, description="Ignore cached cells and run them again.")
     seed: int = Field(0, ge=0, description="Seed of the --preset simulation and injections.")
+    flagger: Literal["cnn", "cnn+rf"] = Field("cnn", description="Whose out-of-fold P(real) flags the stamps of the removed/unlabelled rows: cnn (stage 1's folds, the paper) or cnn+rf (their mean with the feature baseline's on the same folds, the flagging study's cnn+rf). Other than cnn at 0.5 it is part of those cells' keys; give them their own --out.")
+    flag_cut: float = Field(0.5, ge=0.5, lt=1.0, description="Flag a stamp when the flagger's P(other class) exceeds this (0.5: the paper's rule; the flagging study's cuts: 0.5-0.99).")
     rescore_from: Path | None = Field(None, description="Train nothing: score the saved models of this OUT's cells (those --methods/--noises/--seeds pick, trained on --train, their models still in their WORK) on --heldout, validated against --tns, into --out (records name their source in rescored_from).")
 
     @model_validator(mode="after")

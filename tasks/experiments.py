@@ -325,6 +325,10 @@ def _pr(flagged: np.ndarray, target: np.ndarray) -> tuple[float | None, float | 
 
 
 FLAG_CUTS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+# whose out-of-fold P(real) a stage-2 cell's flags come from (ExperimentContext.flagger)
+FLAGGERS = {"cnn": "stage 1's CNN folds",
+            "cnn+rf": "the mean of stage 1's CNN and of the feature baseline (sep features + random forest) "
+                      "on the same folds"}
 
 
 def _pr_excl_own(flagged: np.ndarray, targets: dict[str, np.ndarray], m: np.ndarray):
@@ -355,13 +359,13 @@ def flag_cut_sweep(table: pd.DataFrame, oof_prob: np.ndarray, *, cuts: Sequence[
     p = np.asarray(oof_prob, float)
     if len(p) != len(table):
         raise ValueError(f"oof_prob has {len(p)} entries, the table {len(table)} rows")
+    from tasks.flagging import flag_at_cut  # the flags a stage-2 cell takes at that cut (stage2_flags)
     lab = table["label"].to_numpy().astype(int)
-    other = np.where(lab == 1, 1.0 - p, p)
     t = error_targets(table)
     m = table["snr"].to_numpy(float) > snr_min
     out = []
     for c in cuts:
-        f = (other > c) & m
+        f = flag_at_cut(lab, p, c).flagged & m
         row = {"cut": float(c), "n_flagged": int(f.sum())}
         for name, target in t.items():
             pr, rc = _pr(f, target & m)
@@ -511,6 +515,8 @@ class ExperimentContext:
     reference_seed: int = 0
     reference_epochs: int | None = None  # the reference stage 1's epochs (None: ``epochs``)
     rerun: bool = False
+    flagger: str = "cnn"  # whose out-of-fold P(real) flags stage 2's stamps (FLAGGERS)
+    flag_cut: float = 0.5  # flagged when that P(other class) > flag_cut (0.5: the paper's rule)
     inputs: dict = field(default_factory=dict)  # content hashes of train/held-out/tns (filled by prepare)
 
     def __post_init__(self):
@@ -520,6 +526,18 @@ class ExperimentContext:
             raise ValueError(f"reference_epochs must be None or >= 1, got {self.reference_epochs}")
         if self.folds < 2:
             raise ValueError(f"folds must be >= 2, got {self.folds}")
+        if self.flagger not in FLAGGERS:
+            raise ValueError(f"flagger must be one of {sorted(FLAGGERS)}, got {self.flagger!r}")
+        if not 0.5 <= self.flag_cut < 1.0:
+            raise ValueError(f"flag_cut must be in [0.5, 1), got {self.flag_cut!r}")
+
+    @property
+    def paper_flags(self) -> bool:
+        """Stage 2 takes stage 1's own flags (the CNN at p = 0.5, the paper's rule)."""
+        return (self.flagger, self.flag_cut) == ("cnn", 0.5)
+
+    def flags(self) -> dict:
+        return {"flagger": self.flagger, "cut": self.flag_cut}
 
     def network_for(self, method: Method) -> str:
         if method.kind == "rf":
@@ -651,6 +669,41 @@ def run_stage1(ctx: ExperimentContext, noise: Noise, seed: int) -> dict:
     return rec
 
 
+def stage2_flags(ctx: ExperimentContext, s1: dict, seed: int) -> dict:
+    """The unlabel manifest a stage-2 cell trains with, under ``ctx``'s flagger and cut: stage 1's
+    own (the CNN at p = 0.5), or one derived from its out-of-fold scores, written once beside it as
+    ``unlabel-<flagger>-c<cut>.parquet`` (same columns; ``oof_prob`` is the flagger's P(real)).
+    ``cnn+rf`` averages the CNN's with the feature baseline's on the same folds (``rf_oof``, the
+    flagging study's ``cnn+rf``). Returns ``{flagger, cut, manifest, n_flagged, flagged_by_label}``."""
+    if ctx.paper_flags:
+        path = Path(s1["unlabel"])
+    else:
+        stage1 = Path(s1["dir"])
+        path = stage1 / f"unlabel-{ctx.flagger}-c{ctx.flag_cut:g}.parquet"
+        if not path.exists():
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+            from tasks.flagging import flag_at_cut
+            src = pq.read_table(s1["unlabel"])
+            un = src.to_pandas()
+            p = un["oof_prob"].to_numpy(float)
+            if ctx.flagger == "cnn+rf":
+                p = (p + rf_oof(s1["datasets"], stage1, seed, ctx.rf_trees).reindex(un["stamp_id"]).to_numpy(float)) / 2
+            res = flag_at_cut(un["label"].to_numpy(), p, ctx.flag_cut)
+            un = un.assign(oof_prob=p, flagged=res.flagged, rule=f"{ctx.flagger}-c{ctx.flag_cut:g}", margin=res.margin)
+            # stage 1's metadata (its model ids and dataset hashes, which lineage reads), with this rule
+            meta = json.loads((src.schema.metadata or {}).get(b"rbflow.stage1", b"{}"))
+            meta |= {"rule": res.rule, "thresholds": res.thresholds, "flagger": f"{ctx.flagger}: {FLAGGERS[ctx.flagger]}"}
+            table = pa.Table.from_pandas(un, preserve_index=False)
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"rbflow.stage1": json.dumps(meta).encode()})
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            pq.write_table(table, tmp)
+            os.replace(tmp, path)
+    un = pd.read_parquet(path, columns=["label", "flagged"])
+    return {**ctx.flags(), "manifest": str(path), "n_flagged": int(un["flagged"].sum()),
+            "flagged_by_label": {str(int(k)): int(v) for k, v in un.groupby("label")["flagged"].sum().items()}}
+
+
 def rf_oof(dirs: list[str], stage1: Path, seed: int, n_estimators: int = 300) -> pd.Series:
     """Out-of-fold P(real) of the feature baseline (sep shape features + random forest) on
     the stage 1's own folds (``folds.parquet``), indexed by stamp_id; cached in the stage-1
@@ -716,6 +769,8 @@ def cell_key(cell: Cell, ctx: ExperimentContext) -> str:
         params["train"] = ctx.train_options(cell.seed, net)
     if m.needs_stage1:
         params["stage1"] = {"network": ctx.stage1_network, "folds": ctx.folds}
+        if not ctx.paper_flags:  # keyed only off the paper's rule: older cells keep their keys
+            params["flags"] = ctx.flags()
     return stable_hash(params)
 
 
@@ -853,10 +908,11 @@ def run_cell(cell: Cell, ctx: ExperimentContext, held: pd.DataFrame | None = Non
     s1 = run_stage1(ctx, noise, cell.seed) if m.needs_stage1 else None
     t_train0 = time.perf_counter()
     dirs = s1["datasets"] if s1 else training_sets(ctx, noise, cell.seed)
+    flags = stage2_flags(ctx, s1, cell.seed) if s1 else None
     if m.kind == "rf":
         scores, info = _score_rf(cell, ctx, dirs)
     else:
-        scores, info = _score_cnn(cell, ctx, m, dirs, s1["unlabel"] if s1 else None)
+        scores, info = _score_cnn(cell, ctx, m, dirs, flags["manifest"] if flags else None)
     t_train = time.perf_counter() - t_train0
     from storage.stampstore import open_dataset
     res = _validate_and_keep(ctx, cell_name(cell, ctx), scores)
@@ -869,6 +925,7 @@ def run_cell(cell: Cell, ctx: ExperimentContext, held: pd.DataFrame | None = Non
            "n_train_stamps": int(sum(len(open_dataset(Path(d)).table()) for d in dirs)),
            "label_hashes": label_hashes(dirs),
            "stage1": None if s1 is None else {k: s1[k] for k in ("n", "n_flagged", "flagged_by_label", "dir")},
+           "flags": flags,
            "info": info, "metrics": _metric_subset(res.metrics), "truth": _metric_subset(res.truth_metrics),
            "threshold": res.operating_point.threshold, "counts": res.counts,
            "seconds": {"total": time.perf_counter() - t0, "train_and_score": t_train,
@@ -1200,6 +1257,7 @@ def summarize(out: str | Path, *, n_boot: int = 1000, baseline: str = BASELINE) 
 
 __all__ = ["METHODS", "NOISES", "GRIDS", "BASELINE", "Method", "Noise", "Cell", "grid_cells", "plant_flips",
            "tail_weights", "derive_dataset", "noisy_training_sets", "flagging_study", "flag_cut_sweep",
+           "FLAGGERS", "stage2_flags",
            "error_targets", "rf_oof", "paired_seed_bootstrap",
            "ExperimentContext", "prepare_context", "heldout_table", "label_hashes", "run_stage1", "run_cell",
            "rescore_cell", "rescore_key", "why_not_rescorable",

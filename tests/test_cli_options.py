@@ -44,6 +44,12 @@ def test_options_are_validated(tmp_path):
         Stage1Options(dataset=["a"], out="s", folds=1)
     with pytest.raises(ValidationError, match="needs l_lds > 0"):
         Stage2Options(dataset=["a"], unlabel="u", out="m", mode="unlabelled", l_lds=0)
+    o = parse(["experiments", "--preset", "ci", "--flagger", "cnn+rf", "--flag-cut", "0.9"])
+    assert (o.flagger, o.flag_cut) == ("cnn+rf", 0.9)
+    with pytest.raises(ValidationError, match="flag_cut"):
+        parse(["experiments", "--preset", "ci", "--flag-cut", "0.3"])
+    with pytest.raises(SystemExit):  # argparse: not one of the flaggers
+        parse(["experiments", "--preset", "ci", "--flagger", "rf"])
 
 
 def test_cli_reports_bad_options_before_any_work(capsys, tmp_path):

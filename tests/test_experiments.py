@@ -310,6 +310,42 @@ def test_cells_run_are_cached_and_summarised(tiny):
     assert {(r["flagger"], r["cut"]) for r in s["flag_cuts"]} >= {("cnn", 0.5), ("cnn+rf", 0.9)}
 
 
+def test_stage2_takes_the_flags_of_the_chosen_flagger_and_cut(tiny):
+    """--flagger cnn+rf --flag-cut 0.7: a removed cell trains without exactly the stamps whose mean
+    CNN + random-forest out-of-fold P(other class) exceeds 0.7 on stage 1's folds (the
+    1-epoch CNN of these folds is too unsure for 0.9); its key and
+    model are its own, while the paper's flags and the all rows keep their keys (their caches)."""
+    from tasks.flagging import flag_at_cut
+    d, ctx, _ = tiny
+    strict = replace(ctx, out=str(d / "out-strict"), flagger="cnn+rf", flag_cut=0.7)
+    X.heldout_table(strict)
+    rem = X.Cell("complex-removed", "uniform-0.05", 0)
+    assert X.cell_key(rem, strict) != X.cell_key(rem, ctx)
+    assert X.cell_key(rem, replace(ctx, flagger="cnn", flag_cut=0.5)) == X.cell_key(rem, ctx)
+    assert X.cell_key(X.Cell("simple-all", "uniform-0.05", 0), strict) == X.cell_key(X.Cell("simple-all", "uniform-0.05", 0), ctx)
+    r = X.run_cell(rem, strict)
+    s1 = X.run_stage1(ctx, X.Noise("uniform", 0.05), 0)
+    un = pd.read_parquet(s1["unlabel"])
+    mean = (un["oof_prob"].to_numpy() + X.rf_oof(s1["datasets"], Path(s1["dir"]), 0).reindex(un["stamp_id"]).to_numpy()) / 2
+    want = flag_at_cut(un["label"].to_numpy(), mean, 0.7).flagged
+    assert r["flags"]["flagger"] == "cnn+rf" and r["flags"]["cut"] == 0.7
+    assert 0 < r["flags"]["n_flagged"] == int(want.sum()) < s1["n_flagged"]  # stricter than the paper's p = 0.5
+    manifest = pd.read_parquet(r["flags"]["manifest"])
+    assert np.array_equal(manifest["flagged"].to_numpy(), want) and np.allclose(manifest["oof_prob"], mean)
+    import pyarrow.parquet as pq  # stage 1's lineage (model ids, dataset hashes) kept, under the new rule
+    m1, m2 = (json.loads(pq.read_schema(f).metadata[b"rbflow.stage1"]) for f in (s1["unlabel"], r["flags"]["manifest"]))
+    assert m2["model_ids"] == m1["model_ids"] and m2["dataset_hashes"] == m1["dataset_hashes"]
+    assert m2["thresholds"] == {"real": pytest.approx(0.3), "bogus": 0.7} and m2["flagger"].startswith("cnn+rf")
+    meta = json.loads((Path(r["info"]["model"]) / "model.json").read_text())
+    assert meta["n_removed"] == int(want.sum()) and meta["n_train"] == 500 - int(want.sum())
+    assert Path(meta["unlabel"]["path"]) == Path(r["flags"]["manifest"]).resolve()
+    assert X.run_cell(rem, strict)["cached"]
+    with pytest.raises(ValueError, match="flagger must be one of"):
+        replace(ctx, flagger="rf")
+    with pytest.raises(ValueError, match=r"flag_cut must be in \[0.5, 1\)"):
+        replace(ctx, flag_cut=0.2)
+
+
 def test_same_training_finds_the_simple_row_a_stand_in_trains():
     assert X.same_training("complex-all", "simple") == "simple-all"  # same data, same losses
     assert X.same_training("complex-all", "complex") == "complex-all"  # on its own network

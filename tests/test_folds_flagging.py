@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.flagging import flag_label_errors
+from tasks.flagging import flag_at_cut, flag_label_errors
 from tasks.folds import fold_seed, make_folds
 
 
@@ -49,3 +49,18 @@ def test_p05_rule_and_confident_rule():
         flag_label_errors(labels, p, "bogus")
     with pytest.raises(ValueError, match="non-finite"):
         flag_label_errors(labels, np.full(6, np.nan))
+
+
+def test_flag_at_cut_flags_confident_disagreement_only():
+    labels = np.array([1, 1, 0, 0, 1, 0])
+    p = np.array([0.9, 0.2, 0.1, 0.7, 0.05, 0.95])  # P(other): 0.1 0.8 0.1 0.7 0.95 0.95
+    np.testing.assert_array_equal(flag_at_cut(labels, p, 0.5).flagged, [False, True, False, True, True, True])
+    strict = flag_at_cut(labels, p, 0.9)
+    np.testing.assert_array_equal(strict.flagged, [False, False, False, False, True, True])
+    np.testing.assert_allclose(strict.margin, [0, 0, 0, 0, 0.05, 0.05], atol=1e-12)
+    with pytest.raises(ValueError, match=r"cut must be in \[0.5, 1\), got 1.0"):
+        flag_at_cut(labels, p, 1.0)
+    with pytest.raises(ValueError, match="cut must be in"):
+        flag_at_cut(labels, p, 0.3)
+    with pytest.raises(ValueError, match="non-finite"):
+        flag_at_cut(labels, np.full(6, np.nan), 0.9)
