@@ -127,6 +127,22 @@ class FlagSummary:
     gallery: str | None
 
 
+UNLABEL_COLUMNS = ["stamp_id", "label", "oof_prob", "fold", "flagged", "rule", "margin"]
+
+
+def write_unlabel(df: pd.DataFrame, meta: dict, path: Path) -> Path:
+    """Write an unlabel manifest (``UNLABEL_COLUMNS`` of ``df``) atomically, with ``meta`` (the
+    stage-1 model ids, dataset hashes, rule, thresholds) as its Parquet metadata ``rbflow.stage1``,
+    which lineage reads."""
+    path = Path(path)
+    table = pa.Table.from_pandas(df[UNLABEL_COLUMNS], preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"rbflow.stage1": json.dumps(meta).encode()})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def flag_and_write(dataset_dirs: list[str], out_dir: str, k: int, rule: str, model_ids: list[str],
                    gallery: int = 20) -> FlagSummary:
     """Gather out-of-fold scores, flag, write ``unlabel.parquet`` and a gallery PNG."""
@@ -140,14 +156,8 @@ def flag_and_write(dataset_dirs: list[str], out_dir: str, k: int, rule: str, mod
     df["flagged"] = res.flagged
     df["rule"] = rule
     df["margin"] = res.margin
-    meta = {"rbflow.stage1": json.dumps({"model_ids": model_ids, "dataset_hashes": dataset_hashes(dataset_dirs),
-                                          "rule": res.rule, "thresholds": res.thresholds, "k": k})}
-    table = pa.Table.from_pandas(df[["stamp_id", "label", "oof_prob", "fold", "flagged", "rule", "margin"]],
-                                 preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **{k2.encode(): v.encode() for k2, v in meta.items()}})
-    tmp = out / ".unlabel.parquet.tmp"
-    pq.write_table(table, tmp)
-    os.replace(tmp, out / "unlabel.parquet")
+    write_unlabel(df, {"model_ids": model_ids, "dataset_hashes": dataset_hashes(dataset_dirs), "rule": res.rule,
+                       "thresholds": res.thresholds, "k": k}, out / "unlabel.parquet")
     png = _flag_gallery(dataset_dirs, df, out / "flagged_gallery.png", gallery) if gallery else None
     by_label = {str(int(lab)): int(g["flagged"].sum()) for lab, g in df.groupby("label")}
     return FlagSummary(len(df), int(res.flagged.sum()), by_label, res.rule, str(out / "unlabel.parquet"),
@@ -221,5 +231,5 @@ def run_stage2(dataset_dirs: list[str], unlabel: str, out_dir: str, options: dic
             "n_removed": meta["n_removed"], "best_epoch": res.best_epoch}
 
 
-__all__ = ["plan_folds", "run_fold", "flag_and_write", "run_stage2", "stage2_labels", "net_config_for",
+__all__ = ["plan_folds", "run_fold", "flag_and_write", "write_unlabel", "run_stage2", "stage2_labels", "net_config_for",
            "config_from_dict"]

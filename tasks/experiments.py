@@ -681,8 +681,8 @@ def stage2_flags(ctx: ExperimentContext, s1: dict, seed: int) -> dict:
         stage1 = Path(s1["dir"])
         path = stage1 / f"unlabel-{ctx.flagger}-c{ctx.flag_cut:g}.parquet"
         if not path.exists():
-            import pyarrow as pa
             import pyarrow.parquet as pq
+            from models.stages import write_unlabel
             from tasks.flagging import flag_at_cut
             src = pq.read_table(s1["unlabel"])
             un = src.to_pandas()
@@ -693,12 +693,8 @@ def stage2_flags(ctx: ExperimentContext, s1: dict, seed: int) -> dict:
             un = un.assign(oof_prob=p, flagged=res.flagged, rule=f"{ctx.flagger}-c{ctx.flag_cut:g}", margin=res.margin)
             # stage 1's metadata (its model ids and dataset hashes, which lineage reads), with this rule
             meta = json.loads((src.schema.metadata or {}).get(b"rbflow.stage1", b"{}"))
-            meta |= {"rule": res.rule, "thresholds": res.thresholds, "flagger": f"{ctx.flagger}: {FLAGGERS[ctx.flagger]}"}
-            table = pa.Table.from_pandas(un, preserve_index=False)
-            table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"rbflow.stage1": json.dumps(meta).encode()})
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            pq.write_table(table, tmp)
-            os.replace(tmp, path)
+            write_unlabel(un, meta | {"rule": res.rule, "thresholds": res.thresholds,
+                                      "flagger": f"{ctx.flagger}: {FLAGGERS[ctx.flagger]}"}, path)
     un = pd.read_parquet(path, columns=["label", "flagged"])
     return {**ctx.flags(), "manifest": str(path), "n_flagged": int(un["flagged"].sum()),
             "flagged_by_label": {str(int(k)): int(v) for k, v in un.groupby("label")["flagged"].sum().items()}}
