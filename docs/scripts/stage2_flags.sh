@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stage 2 on better flags (docs/experiments/reading.md, "Stage 2 on the quiet sky's flags"): the
+# Stage 2 on better flags (docs/experiments/reading.md, "Stage 2 on better flags"): the
 # quiet sky's 6 training nights (docs/scripts/flag_scale.sh with PRESET=ci-quiet simulates and
 # builds them and trains their stage 1s), and the rows the paper's orderings compare (Simple-all,
 # all+VAT, removed, unlabelled+VAT; Complex rows on the Simple stand-in), each trained twice: on
